@@ -1,0 +1,46 @@
+//! The HTTP surface: health check, `/rtc` signaling and the Twirp RoomService.
+
+mod rtc;
+mod twirp;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::get;
+
+use crate::auth::KeyProvider;
+use crate::room::RoomManager;
+use crate::worker::WorkerPool;
+
+/// Everything a handler may need.
+#[derive(Clone)]
+pub struct AppState {
+    /// The rooms of this node.
+    pub manager: Arc<RoomManager>,
+    /// API keys.
+    pub keys: Arc<KeyProvider>,
+    /// Media workers.
+    pub workers: Arc<WorkerPool>,
+}
+
+/// Builds the router (tests call this and drive it without a socket).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { "OK" }))
+        .merge(rtc::routes())
+        .merge(twirp::routes())
+        .with_state(state)
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}

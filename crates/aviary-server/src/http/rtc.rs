@@ -1,0 +1,146 @@
+//! `GET /rtc` (WebSocket signaling), `GET /rtc/validate`, and `/rtc/v1` (not yet: 404, so
+//! that current SDKs fall back to `/rtc`).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use tracing::{debug, warn};
+
+use super::{AppState, bearer};
+use crate::auth::{AuthError, Claims};
+use crate::room::{JoinError, JoinRequest};
+use crate::signal::{Frame, SessionContext, run_session};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/rtc", get(rtc))
+        .route("/rtc/validate", get(validate))
+        .route("/rtc/v1", get(not_yet))
+        .route("/rtc/v1/validate", get(not_yet))
+}
+
+async fn not_yet() -> Response {
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+/// Why a connection was refused before the upgrade.
+#[derive(Debug, thiserror::Error)]
+enum RefuseError {
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Join(#[from] JoinError),
+}
+
+impl IntoResponse for RefuseError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            RefuseError::Auth(_) => StatusCode::UNAUTHORIZED,
+            RefuseError::Join(JoinError::RoomNotFound) => StatusCode::NOT_FOUND,
+            RefuseError::Join(JoinError::RoomFull) => StatusCode::FORBIDDEN,
+            RefuseError::Join(_) => StatusCode::UNAUTHORIZED,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+fn authorize(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Claims, RefuseError> {
+    let token = params
+        .get("access_token")
+        .map(String::as_str)
+        .or_else(|| bearer(headers))
+        .unwrap_or("");
+    let claims = state.keys.verify(token)?;
+    state.manager.check_join(&claims)?;
+    Ok(claims)
+}
+
+async fn validate(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    match authorize(&state, &params, &headers) {
+        Ok(_) => (StatusCode::OK, "success").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rtc(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let claims = match authorize(&state, &params, &headers) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!("refused /rtc: {e}");
+            return e.into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let client_protocol = params
+        .get("protocol")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    ws.on_upgrade(move |socket| serve_socket(socket, state, claims, client_protocol))
+}
+
+async fn serve_socket(socket: WebSocket, state: AppState, claims: Claims, client_protocol: i32) {
+    let (mut sink, stream) = socket.split();
+    let joined = match state.manager.join(
+        JoinRequest {
+            claims,
+            client_protocol,
+        },
+        Instant::now(),
+    ) {
+        Ok(j) => j,
+        Err(e) => {
+            // Lost a race with another join (e.g. the room filled up after the check).
+            warn!("join refused after upgrade: {e}");
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let ctx = SessionContext {
+        manager: state.manager.clone(),
+        worker: state.workers.get(joined.worker).clone(),
+    };
+    let frames_in = stream.filter_map(|m| async move {
+        match m {
+            Ok(Message::Binary(b)) => Some(Frame::Binary(b.to_vec())),
+            Ok(Message::Text(t)) => Some(Frame::Text(t.to_string())),
+            Ok(Message::Close(_)) | Err(_) => Some(Frame::Close),
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => None,
+        }
+    });
+    // A closed stream must end the session even if the peer never sent a Close frame.
+    let frames_in = Box::pin(frames_in.take_while(|f| {
+        let open = *f != Frame::Close;
+        async move { open }
+    }));
+    let frames_out = sink.with(|f: Frame| async move {
+        Ok::<_, axum::Error>(match f {
+            Frame::Binary(b) => Message::Binary(b.into()),
+            Frame::Text(t) => Message::Text(t.into()),
+            Frame::Close => Message::Close(None),
+        })
+    });
+    run_session(frames_in, Box::pin(frames_out), joined, ctx).await;
+}

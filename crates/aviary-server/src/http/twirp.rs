@@ -1,0 +1,255 @@
+//! Twirp RoomService: `POST /twirp/livekit.RoomService/<Method>`, protobuf or JSON bodies.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use livekit_protocol as proto;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{AppState, bearer};
+use crate::auth::Claims;
+use crate::room::ServiceError;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/twirp/livekit.RoomService/{method}", post(room_service))
+}
+
+/// A Twirp error: `{"code": ..., "msg": ...}` with the matching HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum TwirpError {
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials without the needed grant.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// No such room, participant or track.
+    #[error("{0}")]
+    NotFound(String),
+    /// A field is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The body did not decode.
+    #[error("{0}")]
+    Malformed(String),
+    /// No such method, or an unsupported content type.
+    #[error("{0}")]
+    BadRoute(String),
+}
+
+impl TwirpError {
+    fn code(&self) -> (&'static str, StatusCode) {
+        match self {
+            TwirpError::Unauthenticated(_) => ("unauthenticated", StatusCode::UNAUTHORIZED),
+            TwirpError::PermissionDenied(_) => ("permission_denied", StatusCode::FORBIDDEN),
+            TwirpError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            TwirpError::InvalidArgument(_) => ("invalid_argument", StatusCode::BAD_REQUEST),
+            TwirpError::Malformed(_) => ("malformed", StatusCode::BAD_REQUEST),
+            TwirpError::BadRoute(_) => ("bad_route", StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+impl IntoResponse for TwirpError {
+    fn into_response(self) -> Response {
+        let (code, status) = self.code();
+        let body = serde_json::json!({ "code": code, "msg": self.to_string() });
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<ServiceError> for TwirpError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::RoomNotFound(_)
+            | ServiceError::ParticipantNotFound(_)
+            | ServiceError::TrackNotFound(_) => TwirpError::NotFound(e.to_string()),
+            ServiceError::InvalidArgument(m) => TwirpError::InvalidArgument(m),
+            ServiceError::PermissionDenied(m) => TwirpError::PermissionDenied(m),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Codec {
+    Json,
+    Protobuf,
+}
+
+impl Codec {
+    fn from_headers(headers: &HeaderMap) -> Result<Self, TwirpError> {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if ct.starts_with("application/json") {
+            Ok(Codec::Json)
+        } else if ct.starts_with("application/protobuf") || ct.starts_with("application/x-protobuf")
+        {
+            Ok(Codec::Protobuf)
+        } else {
+            Err(TwirpError::BadRoute(format!(
+                "unexpected Content-Type: {ct:?}"
+            )))
+        }
+    }
+
+    fn decode<T: prost::Message + Default + DeserializeOwned>(
+        self,
+        body: &[u8],
+    ) -> Result<T, TwirpError> {
+        match self {
+            Codec::Protobuf => T::decode(body).map_err(|e| {
+                TwirpError::Malformed(format!("the request could not be decoded: {e}"))
+            }),
+            Codec::Json if body.is_empty() => Ok(T::default()),
+            Codec::Json => serde_json::from_slice(body).map_err(|e| {
+                TwirpError::Malformed(format!("the json request could not be decoded: {e}"))
+            }),
+        }
+    }
+
+    fn encode<T: prost::Message + Serialize>(self, msg: &T) -> Response {
+        match self {
+            Codec::Protobuf => (
+                [(header::CONTENT_TYPE, "application/protobuf")],
+                msg.encode_to_vec(),
+            )
+                .into_response(),
+            Codec::Json => (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_string(msg).unwrap_or_default(),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// The grant a method needs.
+enum Needs<'a> {
+    Create,
+    List,
+    Admin(&'a str),
+}
+
+fn require(claims: &Claims, needs: Needs<'_>) -> Result<(), TwirpError> {
+    let ok = match needs {
+        Needs::Create => claims.video.room_create,
+        Needs::List => claims.video.room_list,
+        Needs::Admin(room) => claims.video.room_admin && claims.video.room == room,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TwirpError::PermissionDenied("permissions denied".into()))
+    }
+}
+
+async fn room_service(
+    State(state): State<AppState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match dispatch(&state, &method, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn dispatch(
+    state: &AppState,
+    method: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, TwirpError> {
+    let codec = Codec::from_headers(headers)?;
+    let token = bearer(headers)
+        .ok_or_else(|| TwirpError::Unauthenticated("no authorization header".into()))?;
+    let claims = state
+        .keys
+        .verify(token)
+        .map_err(|e| TwirpError::Unauthenticated(e.to_string()))?;
+    let m = &state.manager;
+    match method {
+        "CreateRoom" => {
+            let req: proto::CreateRoomRequest = codec.decode(body)?;
+            require(&claims, Needs::Create)?;
+            Ok(codec.encode(&m.create_room(&req)?))
+        }
+        "ListRooms" => {
+            let req: proto::ListRoomsRequest = codec.decode(body)?;
+            require(&claims, Needs::List)?;
+            Ok(codec.encode(&proto::ListRoomsResponse {
+                rooms: m.list_rooms(&req.names),
+            }))
+        }
+        "DeleteRoom" => {
+            let req: proto::DeleteRoomRequest = codec.decode(body)?;
+            require(&claims, Needs::Create)?;
+            m.delete_room(&req.room)?;
+            Ok(codec.encode(&proto::DeleteRoomResponse {}))
+        }
+        "ListParticipants" => {
+            let req: proto::ListParticipantsRequest = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            Ok(codec.encode(&proto::ListParticipantsResponse {
+                participants: m.list_participants(&req.room)?,
+            }))
+        }
+        "GetParticipant" => {
+            let req: proto::RoomParticipantIdentity = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            Ok(codec.encode(&m.get_participant(&req.room, &req.identity)?))
+        }
+        "RemoveParticipant" => {
+            let req: proto::RoomParticipantIdentity = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            m.remove_participant(&req.room, &req.identity)?;
+            Ok(codec.encode(&proto::RemoveParticipantResponse {}))
+        }
+        "UpdateParticipant" => {
+            let req: proto::UpdateParticipantRequest = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            Ok(codec.encode(&m.update_participant(&req)?))
+        }
+        "UpdateRoomMetadata" => {
+            let req: proto::UpdateRoomMetadataRequest = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            Ok(codec.encode(&m.update_room_metadata(&req.room, &req.metadata)?))
+        }
+        "MutePublishedTrack" => {
+            let req: proto::MuteRoomTrackRequest = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            let track = m.mute_published_track(&req)?;
+            Ok(codec.encode(&proto::MuteRoomTrackResponse { track: Some(track) }))
+        }
+        "UpdateSubscriptions" => {
+            let req: proto::UpdateSubscriptionsRequest = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            m.update_subscriptions(&req)?;
+            Ok(codec.encode(&proto::UpdateSubscriptionsResponse {}))
+        }
+        "SendData" => {
+            let req: proto::SendDataRequest = codec.decode(body)?;
+            require(&claims, Needs::Admin(&req.room))?;
+            if req.data.is_empty() {
+                return Err(TwirpError::InvalidArgument("data is required".into()));
+            }
+            m.send_data(&req)?;
+            Ok(codec.encode(&proto::SendDataResponse {}))
+        }
+        other => Err(TwirpError::BadRoute(format!(
+            "no handler for path \"/twirp/livekit.RoomService/{other}\""
+        ))),
+    }
+}

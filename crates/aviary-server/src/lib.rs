@@ -1,0 +1,166 @@
+//! Aviary's LiveKit layer: configuration, access tokens, WebSocket signaling, rooms and
+//! participants, the Twirp RoomService, and the media worker threads that run
+//! `aviary-sfu` routers.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod guid;
+pub mod http;
+pub mod room;
+pub mod signal;
+pub mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::auth::KeyProvider;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::room::{DisconnectReason, RoomManager};
+use crate::worker::{WorkerConfig, WorkerPool};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A bind address is not an IP address.
+    #[error("invalid bind address {0:?}")]
+    BadBindAddress(String),
+    /// A socket could not be bound or a thread not started.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The IP put into ICE candidates: configured, or loopback when only loopback is served, or
+/// the first non-loopback IPv4 address of this host.
+pub fn node_ip(config: &Config) -> IpAddr {
+    if let Some(ip) = config.rtc.node_ip {
+        return ip;
+    }
+    let loopback_only = !config.bind_addresses.is_empty()
+        && config
+            .bind_addresses
+            .iter()
+            .all(|a| a.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    if !loopback_only
+        && let Ok(ifaces) = if_addrs::get_if_addrs()
+        && let Some(ip) = ifaces
+            .iter()
+            .map(|i| i.ip())
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+    {
+        return ip;
+    }
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let node_ip = node_ip(&config);
+    let first_udp_port = config.rtc.udp_port.unwrap_or(config.rtc.port_range_start);
+    let workers = WorkerPool::start(&WorkerConfig {
+        threads,
+        bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        first_udp_port,
+        node_ip,
+    })?;
+    info!(
+        workers = workers.len(),
+        %node_ip,
+        first_udp_port = workers.get(0).udp_addr.port(),
+        "media workers started"
+    );
+    let manager = Arc::new(RoomManager::new(
+        config.room.clone(),
+        config.limit.clone(),
+        config.region.clone(),
+        workers.len(),
+    ));
+    let workers = Arc::new(workers);
+    let state = AppState {
+        manager: manager.clone(),
+        keys: Arc::new(KeyProvider::new(config.keys.clone())),
+        workers: workers.clone(),
+    };
+    let app = http::app(state);
+
+    let binds: Vec<String> = if config.bind_addresses.is_empty() {
+        vec!["0.0.0.0".into()]
+    } else {
+        config.bind_addresses.clone()
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for b in &binds {
+        let ip: IpAddr = b
+            .parse()
+            .map_err(|_| ServeError::BadBindAddress(b.clone()))?;
+        let addr = SocketAddr::new(ip, config.port);
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if ip.is_ipv6() && binds.len() > 1 => {
+                // ::1 is optional in dev mode: hosts without IPv6 still serve IPv4.
+                warn!(%addr, "skipping bind: {e}");
+                continue;
+            }
+            Err(e) => {
+                return Err(
+                    std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")).into(),
+                );
+            }
+        };
+        info!(%addr, "listening");
+        let app = app.clone();
+        servers.spawn(async move { axum::serve(listener, app).await });
+    }
+
+    let sweeper = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                manager.sweep(Instant::now());
+            }
+        })
+    };
+
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        Some(r) = servers.join_next() => warn!("http server stopped: {r:?}"),
+    }
+    manager.close_all(DisconnectReason::ServerShutdown);
+    // Give sessions a moment to flush their LeaveRequests.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sweeper.abort();
+    servers.abort_all();
+    if let Ok(pool) = Arc::try_unwrap(workers) {
+        pool.shutdown();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,772 @@
+//! Every room of this node, behind one lock that is never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use livekit_protocol as proto;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::{DisconnectReason, Participant, Room, SessionMessage, leave_request};
+use crate::auth::{Claims, permission_from_grant};
+use crate::config::{LimitConfig, RoomConfig};
+use crate::guid;
+
+/// The LiveKit protocol version this server speaks.
+pub const PROTOCOL_VERSION: i32 = 16;
+/// The LiveKit server version reported to clients. SDKs gate features on it, so it names the
+/// upstream release whose behaviour Aviary follows, not Aviary's own version.
+pub const COMPATIBLE_SERVER_VERSION: &str = "1.9.0";
+
+/// A client asking to join.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Verified token claims.
+    pub claims: Claims,
+    /// `protocol` query parameter.
+    pub client_protocol: i32,
+}
+
+/// A successful join.
+#[derive(Debug)]
+pub struct Joined {
+    /// What to send the client first.
+    pub response: proto::JoinResponse,
+    /// The room's name.
+    pub room_name: String,
+    /// The room's sid.
+    pub room_sid: String,
+    /// The new participant's sid.
+    pub participant_sid: String,
+    /// The media worker that owns the room.
+    pub worker: usize,
+    /// Messages the room has for this participant.
+    pub rx: mpsc::UnboundedReceiver<SessionMessage>,
+}
+
+/// Why a join was refused. The text is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The grant lacks `roomJoin`.
+    #[error("token has no roomJoin grant")]
+    NoRoomJoin,
+    /// The grant names no room.
+    #[error("token names no room")]
+    NoRoom,
+    /// The token has no `sub`.
+    #[error("token has no identity")]
+    NoIdentity,
+    /// `auto_create` is off and the room does not exist.
+    #[error("room not found")]
+    RoomNotFound,
+    /// `max_participants` reached.
+    #[error("room is full (max_participants reached)")]
+    RoomFull,
+}
+
+/// Why a RoomService call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// No such room.
+    #[error("room {0} not found")]
+    RoomNotFound(String),
+    /// No such participant in the room.
+    #[error("participant {0} not found")]
+    ParticipantNotFound(String),
+    /// No such track.
+    #[error("track {0} not found")]
+    TrackNotFound(String),
+    /// A field is missing or out of bounds.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+/// All rooms of this node.
+pub struct RoomManager {
+    rooms: Mutex<HashMap<String, Room>>,
+    defaults: RoomConfig,
+    limits: LimitConfig,
+    node_id: String,
+    region: String,
+    workers: usize,
+    next_worker: AtomicUsize,
+}
+
+fn unix_now() -> (i64, i64) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.as_millis() as i64)
+}
+
+impl RoomManager {
+    /// A manager placing rooms on `workers` media workers.
+    pub fn new(defaults: RoomConfig, limits: LimitConfig, region: String, workers: usize) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            defaults,
+            limits,
+            node_id: guid::new_id(guid::NODE_PREFIX),
+            region,
+            workers: workers.max(1),
+            next_worker: AtomicUsize::new(0),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_room(&self, name: &str, now: Instant) -> Room {
+        let (secs, ms) = unix_now();
+        let info = proto::Room {
+            sid: guid::new_id(guid::ROOM_PREFIX),
+            name: name.to_string(),
+            empty_timeout: self.defaults.empty_timeout,
+            departure_timeout: self.defaults.departure_timeout,
+            max_participants: self.defaults.max_participants,
+            creation_time: secs,
+            creation_time_ms: ms,
+            enabled_codecs: enabled_codecs(&self.defaults),
+            ..Default::default()
+        };
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers;
+        info!(room = name, sid = info.sid, worker, "room created");
+        Room::new(info, now, worker)
+    }
+
+    /// Checks the grant for a join (before the WebSocket upgrade).
+    pub fn check_join(&self, claims: &Claims) -> Result<(), JoinError> {
+        if !claims.video.room_join {
+            return Err(JoinError::NoRoomJoin);
+        }
+        if claims.video.room.is_empty() {
+            return Err(JoinError::NoRoom);
+        }
+        if claims.sub.is_empty() {
+            return Err(JoinError::NoIdentity);
+        }
+        let rooms = self.lock();
+        match rooms.get(&claims.video.room) {
+            None if !self.defaults.auto_create => Err(JoinError::RoomNotFound),
+            Some(room) if is_full(room, &claims.sub) => Err(JoinError::RoomFull),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a participant, replacing one with the same identity.
+    pub fn join(&self, req: JoinRequest, now: Instant) -> Result<Joined, JoinError> {
+        self.check_join(&req.claims)?;
+        let claims = req.claims;
+        let mut rooms = self.lock();
+        let name = claims.video.room.clone();
+        let room = match rooms.entry(name.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if !self.defaults.auto_create {
+                    return Err(JoinError::RoomNotFound);
+                }
+                v.insert(self.new_room(&name, now))
+            }
+        };
+        if is_full(room, &claims.sub) {
+            return Err(JoinError::RoomFull);
+        }
+        if let Some(old) = room.by_identity(&claims.sub).map(|p| p.info.sid.clone())
+            && let Some(p) = room.remove(&old, DisconnectReason::DuplicateIdentity, now)
+        {
+            debug!(
+                room = name,
+                identity = claims.sub,
+                "replacing duplicate identity"
+            );
+            p.send(SessionMessage::Leave(leave_request(
+                DisconnectReason::DuplicateIdentity,
+            )));
+        }
+        let (secs, ms) = unix_now();
+        let permission = permission_from_grant(&claims.video);
+        let info = proto::ParticipantInfo {
+            sid: guid::new_id(guid::PARTICIPANT_PREFIX),
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            metadata: claims.metadata.clone(),
+            attributes: claims.attributes.clone(),
+            state: proto::participant_info::State::Joined as i32,
+            joined_at: secs,
+            joined_at_ms: ms,
+            version: 1,
+            kind: participant_kind(&claims.kind) as i32,
+            client_protocol: req.client_protocol,
+            permission: Some(permission.clone()),
+            region: self.region.clone(),
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let others = room.others(&info.sid);
+        room.add(Participant::new(info.clone(), tx));
+        let response = proto::JoinResponse {
+            room: Some(room.info.clone()),
+            participant: Some(info.clone()),
+            other_participants: others,
+            server_version: COMPATIBLE_SERVER_VERSION.into(),
+            ice_servers: Vec::new(),
+            // The subscriber connection carries the server's data channels, so a client that
+            // may subscribe is connected once it is; LiveKit decides the same way.
+            subscriber_primary: permission.can_subscribe,
+            server_region: self.region.clone(),
+            ping_timeout: 15,
+            ping_interval: 5,
+            server_info: Some(proto::ServerInfo {
+                edition: proto::server_info::Edition::Standard as i32,
+                version: COMPATIBLE_SERVER_VERSION.into(),
+                protocol: PROTOCOL_VERSION,
+                region: self.region.clone(),
+                node_id: self.node_id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        info!(
+            room = name,
+            participant = info.sid,
+            identity = info.identity,
+            "joined"
+        );
+        Ok(Joined {
+            response,
+            room_sid: room.info.sid.clone(),
+            room_name: name,
+            participant_sid: info.sid,
+            worker: room.worker,
+            rx,
+        })
+    }
+
+    /// Removes a participant (a no-op if it is already gone).
+    pub fn leave(&self, room: &str, sid: &str, reason: DisconnectReason) {
+        let mut rooms = self.lock();
+        if let Some(r) = rooms.get_mut(room)
+            && r.remove(sid, reason, Instant::now()).is_some()
+        {
+            info!(room, participant = sid, ?reason, "left");
+        }
+    }
+
+    /// Marks a participant's media connection up (state ACTIVE) and tells everyone.
+    pub fn set_active(&self, room: &str, sid: &str) {
+        let mut rooms = self.lock();
+        if let Some(r) = rooms.get_mut(room) {
+            r.update_participant(sid, |i| {
+                i.state = proto::participant_info::State::Active as i32;
+            });
+        }
+    }
+
+    /// A client's own metadata/name/attributes update.
+    pub fn update_own_metadata(
+        &self,
+        room: &str,
+        sid: &str,
+        req: &proto::UpdateParticipantMetadata,
+    ) -> Result<(), ServiceError> {
+        self.check_metadata(&req.metadata, &req.attributes)?;
+        let mut rooms = self.lock();
+        let r = rooms
+            .get_mut(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let p = r
+            .by_sid(sid)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(sid.into()))?;
+        if !p
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_update_metadata)
+        {
+            return Err(ServiceError::PermissionDenied(
+                "participant may not update its own metadata".into(),
+            ));
+        }
+        r.update_participant(sid, |i| {
+            if !req.metadata.is_empty() {
+                i.metadata = req.metadata.clone();
+            }
+            if !req.name.is_empty() {
+                i.name = req.name.clone();
+            }
+            merge_attributes(&mut i.attributes, &req.attributes);
+        });
+        Ok(())
+    }
+
+    fn check_metadata(
+        &self,
+        metadata: &str,
+        attributes: &HashMap<String, String>,
+    ) -> Result<(), ServiceError> {
+        let max = self.limits.max_metadata_size as usize;
+        if max > 0 && metadata.len() > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "metadata is {} bytes, over the limit of {max}",
+                metadata.len()
+            )));
+        }
+        let max = self.limits.max_attributes_size as usize;
+        let size: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if max > 0 && size > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "attributes are {size} bytes, over the limit of {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// RoomService.CreateRoom: creates the room, or returns it if it exists.
+    pub fn create_room(&self, req: &proto::CreateRoomRequest) -> Result<proto::Room, ServiceError> {
+        if req.name.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "room name is required".into(),
+            ));
+        }
+        let max = self.limits.max_room_name_length as usize;
+        if max > 0 && req.name.len() > max {
+            return Err(ServiceError::InvalidArgument(
+                "room name is too long".into(),
+            ));
+        }
+        self.check_metadata(&req.metadata, &HashMap::new())?;
+        let mut rooms = self.lock();
+        if let Some(r) = rooms.get(&req.name) {
+            return Ok(r.info.clone());
+        }
+        let mut room = self.new_room(&req.name, Instant::now());
+        if req.empty_timeout > 0 {
+            room.info.empty_timeout = req.empty_timeout;
+        }
+        if req.departure_timeout > 0 {
+            room.info.departure_timeout = req.departure_timeout;
+        }
+        if req.max_participants > 0 {
+            room.info.max_participants = req.max_participants;
+        }
+        room.info.metadata = req.metadata.clone();
+        let info = room.info.clone();
+        rooms.insert(req.name.clone(), room);
+        Ok(info)
+    }
+
+    /// RoomService.ListRooms: every room, or those named.
+    pub fn list_rooms(&self, names: &[String]) -> Vec<proto::Room> {
+        let rooms = self.lock();
+        let mut out: Vec<proto::Room> = rooms
+            .values()
+            .filter(|r| names.is_empty() || names.contains(&r.info.name))
+            .map(|r| r.info.clone())
+            .collect();
+        out.sort_by(|a, b| {
+            a.creation_time_ms
+                .cmp(&b.creation_time_ms)
+                .then(a.name.cmp(&b.name))
+        });
+        out
+    }
+
+    /// RoomService.DeleteRoom: everyone is told to leave and the room is gone.
+    pub fn delete_room(&self, name: &str) -> Result<(), ServiceError> {
+        let mut rooms = self.lock();
+        let mut room = rooms
+            .remove(name)
+            .ok_or_else(|| ServiceError::RoomNotFound(name.into()))?;
+        room.close(DisconnectReason::RoomDeleted, Instant::now());
+        info!(room = name, "room deleted");
+        Ok(())
+    }
+
+    fn with_room<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Room) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let mut rooms = self.lock();
+        let room = rooms
+            .get_mut(name)
+            .ok_or_else(|| ServiceError::RoomNotFound(name.into()))?;
+        f(room)
+    }
+
+    /// RoomService.ListParticipants (hidden ones included, as upstream's admin view does).
+    pub fn list_participants(
+        &self,
+        room: &str,
+    ) -> Result<Vec<proto::ParticipantInfo>, ServiceError> {
+        self.with_room(room, |r| {
+            Ok(r.participants().iter().map(|p| p.info.clone()).collect())
+        })
+    }
+
+    /// RoomService.GetParticipant.
+    pub fn get_participant(
+        &self,
+        room: &str,
+        identity: &str,
+    ) -> Result<proto::ParticipantInfo, ServiceError> {
+        self.with_room(room, |r| {
+            r.by_identity(identity)
+                .map(|p| p.info.clone())
+                .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))
+        })
+    }
+
+    /// RoomService.RemoveParticipant: the participant is told to leave.
+    pub fn remove_participant(&self, room: &str, identity: &str) -> Result<(), ServiceError> {
+        self.with_room(room, |r| {
+            let sid = r
+                .by_identity(identity)
+                .map(|p| p.info.sid.clone())
+                .ok_or_else(|| ServiceError::ParticipantNotFound(identity.into()))?;
+            if let Some(p) = r.remove(&sid, DisconnectReason::ParticipantRemoved, Instant::now()) {
+                p.send(SessionMessage::Leave(leave_request(
+                    DisconnectReason::ParticipantRemoved,
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// RoomService.UpdateParticipant: metadata, name, attributes and permission.
+    pub fn update_participant(
+        &self,
+        req: &proto::UpdateParticipantRequest,
+    ) -> Result<proto::ParticipantInfo, ServiceError> {
+        self.check_metadata(&req.metadata, &req.attributes)?;
+        self.with_room(&req.room, |r| {
+            let sid = r
+                .by_identity(&req.identity)
+                .map(|p| p.info.sid.clone())
+                .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+            r.update_participant(&sid, |i| {
+                if !req.metadata.is_empty() {
+                    i.metadata = req.metadata.clone();
+                }
+                if !req.name.is_empty() {
+                    i.name = req.name.clone();
+                }
+                merge_attributes(&mut i.attributes, &req.attributes);
+                if let Some(perm) = &req.permission {
+                    i.permission = Some(perm.clone());
+                }
+            })
+            .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))
+        })
+    }
+
+    /// RoomService.UpdateRoomMetadata.
+    pub fn update_room_metadata(
+        &self,
+        room: &str,
+        metadata: &str,
+    ) -> Result<proto::Room, ServiceError> {
+        self.check_metadata(metadata, &HashMap::new())?;
+        self.with_room(room, |r| {
+            r.set_metadata(metadata.to_string());
+            Ok(r.info.clone())
+        })
+    }
+
+    /// RoomService.MutePublishedTrack: finds the track among the participant's tracks.
+    pub fn mute_published_track(
+        &self,
+        req: &proto::MuteRoomTrackRequest,
+    ) -> Result<proto::TrackInfo, ServiceError> {
+        self.with_room(&req.room, |r| {
+            let p = r
+                .by_identity(&req.identity)
+                .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+            let sid = p.info.sid.clone();
+            let mut track = p
+                .info
+                .tracks
+                .iter()
+                .find(|t| t.sid == req.track_sid)
+                .cloned()
+                .ok_or_else(|| ServiceError::TrackNotFound(req.track_sid.clone()))?;
+            track.muted = req.muted;
+            r.update_participant(&sid, |i| {
+                if let Some(t) = i.tracks.iter_mut().find(|t| t.sid == req.track_sid) {
+                    t.muted = req.muted;
+                }
+            });
+            if let Some(p) = r.by_sid(&sid) {
+                p.send(SessionMessage::signal(
+                    proto::signal_response::Message::Mute(proto::MuteTrackRequest {
+                        sid: req.track_sid.clone(),
+                        muted: req.muted,
+                    }),
+                ));
+            }
+            Ok(track)
+        })
+    }
+
+    /// RoomService.UpdateSubscriptions: validates the participant and the named tracks.
+    pub fn update_subscriptions(
+        &self,
+        req: &proto::UpdateSubscriptionsRequest,
+    ) -> Result<(), ServiceError> {
+        self.with_room(&req.room, |r| {
+            r.by_identity(&req.identity)
+                .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+            let published: Vec<&str> = r
+                .participants()
+                .iter()
+                .flat_map(|p| p.info.tracks.iter().map(|t| t.sid.as_str()))
+                .collect();
+            let requested = req.track_sids.iter().chain(
+                req.participant_tracks
+                    .iter()
+                    .flat_map(|pt| pt.track_sids.iter()),
+            );
+            for sid in requested {
+                if !published.contains(&sid.as_str()) {
+                    return Err(ServiceError::TrackNotFound(sid.clone()));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// RoomService.SendData: checks the room and the destinations.
+    pub fn send_data(&self, req: &proto::SendDataRequest) -> Result<(), ServiceError> {
+        self.with_room(&req.room, |r| {
+            for identity in &req.destination_identities {
+                r.by_identity(identity)
+                    .ok_or_else(|| ServiceError::ParticipantNotFound(identity.clone()))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Closes rooms whose timeouts ran out; returns their names.
+    pub fn sweep(&self, now: Instant) -> Vec<String> {
+        let mut rooms = self.lock();
+        let expired: Vec<String> = rooms
+            .iter()
+            .filter(|(_, r)| r.is_expired(now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &expired {
+            rooms.remove(name);
+            info!(room = name, "room closed (timeout)");
+        }
+        expired
+    }
+
+    /// Tells every participant of every room to leave (server shutdown).
+    pub fn close_all(&self, reason: DisconnectReason) {
+        let mut rooms = self.lock();
+        for r in rooms.values_mut() {
+            r.close(reason, Instant::now());
+        }
+        rooms.clear();
+    }
+}
+
+fn is_full(room: &Room, identity: &str) -> bool {
+    let max = room.info.max_participants as usize;
+    // A participant replacing its own duplicate does not need a free place.
+    max > 0 && room.visible_count() >= max && room.by_identity(identity).is_none()
+}
+
+/// Applies an attribute update: a key with an empty value is deleted.
+fn merge_attributes(into: &mut HashMap<String, String>, update: &HashMap<String, String>) {
+    for (k, v) in update {
+        if v.is_empty() {
+            into.remove(k);
+        } else {
+            into.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn participant_kind(kind: &str) -> proto::participant_info::Kind {
+    use proto::participant_info::Kind;
+    match kind {
+        "ingress" => Kind::Ingress,
+        "egress" => Kind::Egress,
+        "sip" => Kind::Sip,
+        "agent" => Kind::Agent,
+        _ => Kind::Standard,
+    }
+}
+
+fn enabled_codecs(cfg: &RoomConfig) -> Vec<proto::Codec> {
+    if !cfg.enabled_codecs.is_empty() {
+        return cfg
+            .enabled_codecs
+            .iter()
+            .map(|c| proto::Codec {
+                mime: c.mime.clone(),
+                fmtp_line: c.fmtp_line.clone(),
+            })
+            .collect();
+    }
+    [
+        "audio/opus",
+        "audio/red",
+        "video/VP8",
+        "video/H264",
+        "video/VP9",
+        "video/AV1",
+    ]
+    .iter()
+    .map(|m| proto::Codec {
+        mime: (*m).to_string(),
+        fmtp_line: String::new(),
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::VideoGrants;
+
+    fn manager(cfg: RoomConfig) -> RoomManager {
+        RoomManager::new(cfg, LimitConfig::default(), String::new(), 2)
+    }
+
+    fn claims(identity: &str, room: &str) -> Claims {
+        Claims {
+            sub: identity.into(),
+            video: VideoGrants {
+                room_join: true,
+                room: room.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn join(m: &RoomManager, identity: &str, room: &str) -> Result<Joined, JoinError> {
+        m.join(
+            JoinRequest {
+                claims: claims(identity, room),
+                client_protocol: 16,
+            },
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn join_response_lists_others() {
+        let m = manager(RoomConfig::default());
+        let a = join(&m, "a", "r").unwrap();
+        let b = join(&m, "b", "r").unwrap();
+        assert_eq!(a.response.other_participants.len(), 0);
+        assert_eq!(b.response.other_participants[0].identity, "a");
+        let room = b.response.room.unwrap();
+        assert!(room.sid.starts_with("RM_"));
+        assert_eq!(room.num_participants, 2);
+        assert!(b.response.participant.unwrap().sid.starts_with("PA_"));
+        assert!(b.response.subscriber_primary);
+    }
+
+    #[test]
+    fn duplicate_identity_kicks_the_first() {
+        let m = manager(RoomConfig::default());
+        let mut a1 = join(&m, "a", "r").unwrap();
+        let _a2 = join(&m, "a", "r").unwrap();
+        assert_eq!(
+            a1.rx.try_recv().unwrap(),
+            SessionMessage::Leave(leave_request(DisconnectReason::DuplicateIdentity))
+        );
+        assert_eq!(m.list_participants("r").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_grants_full_rooms_and_missing_rooms() {
+        let m = manager(RoomConfig {
+            auto_create: false,
+            ..Default::default()
+        });
+        let mut c = claims("a", "r");
+        c.video.room_join = false;
+        assert_eq!(m.check_join(&c), Err(JoinError::NoRoomJoin));
+        assert_eq!(m.check_join(&claims("", "r")), Err(JoinError::NoIdentity));
+        assert_eq!(m.check_join(&claims("a", "")), Err(JoinError::NoRoom));
+        assert_eq!(join(&m, "a", "r").unwrap_err(), JoinError::RoomNotFound);
+        m.create_room(&proto::CreateRoomRequest {
+            name: "r".into(),
+            max_participants: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        join(&m, "a", "r").unwrap();
+        assert_eq!(join(&m, "b", "r").unwrap_err(), JoinError::RoomFull);
+        // The same identity may still replace itself in a full room.
+        join(&m, "a", "r").unwrap();
+    }
+
+    #[test]
+    fn own_metadata_needs_permission() {
+        let m = manager(RoomConfig::default());
+        let a = join(&m, "a", "r").unwrap();
+        let req = proto::UpdateParticipantMetadata {
+            metadata: "x".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            m.update_own_metadata("r", &a.participant_sid, &req),
+            Err(ServiceError::PermissionDenied(_))
+        ));
+        m.update_participant(&proto::UpdateParticipantRequest {
+            room: "r".into(),
+            identity: "a".into(),
+            permission: Some(proto::ParticipantPermission {
+                can_update_metadata: true,
+                ..Default::default()
+            }),
+            attributes: HashMap::from([("k".to_string(), "v".to_string())]),
+            ..Default::default()
+        })
+        .unwrap();
+        m.update_own_metadata("r", &a.participant_sid, &req)
+            .unwrap();
+        let info = m.get_participant("r", "a").unwrap();
+        assert_eq!(info.metadata, "x");
+        assert_eq!(info.attributes.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn rooms_are_spread_over_workers_and_swept() {
+        let m = manager(RoomConfig {
+            empty_timeout: 0,
+            ..Default::default()
+        });
+        let a = join(&m, "a", "r1").unwrap();
+        let b = join(&m, "b", "r2").unwrap();
+        assert_ne!(a.worker, b.worker);
+        assert!(m.sweep(Instant::now()).is_empty(), "occupied rooms stay");
+        m.create_room(&proto::CreateRoomRequest {
+            name: "empty".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(m.sweep(Instant::now()), vec!["empty".to_string()]);
+        assert!(m.delete_room("nope").is_err());
+        m.delete_room("r1").unwrap();
+        assert_eq!(m.list_rooms(&[]).len(), 1);
+    }
+}

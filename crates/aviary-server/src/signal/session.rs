@@ -1,0 +1,327 @@
+//! One participant's signaling session, generic over the frame stream and sink.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aviary_sfu::TransportDirection;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use livekit_protocol as proto;
+use livekit_protocol::signal_request::Message as Req;
+use livekit_protocol::signal_response::Message as Resp;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::codec::{Frame, decode_request, encode_response};
+use crate::room::{DisconnectReason, Joined, RoomManager, ServiceError, SessionMessage};
+use crate::worker::{MediaEvent, PeerKey, WorkerCommand, WorkerHandle};
+
+/// What a session needs from the server.
+#[derive(Clone)]
+pub struct SessionContext {
+    /// The rooms.
+    pub manager: Arc<RoomManager>,
+    /// The worker owning this participant's room.
+    pub worker: WorkerHandle,
+}
+
+/// How a session ended.
+enum End {
+    /// The client left or went away.
+    Client,
+    /// The server told it to leave (already removed from the room).
+    Server,
+    /// No message within the ping timeout.
+    Timeout,
+}
+
+struct Session {
+    ctx: SessionContext,
+    key: PeerKey,
+    room_name: String,
+    json: bool,
+    offer_id: u32,
+    publisher_offer_ids: VecDeque<u32>,
+    active: bool,
+    last_seen: Instant,
+    ping_timeout: Duration,
+}
+
+/// Runs a joined participant's session until it ends, then removes it from the room and
+/// closes its media.
+pub async fn run_session<S, K>(stream: S, sink: K, joined: Joined, ctx: SessionContext)
+where
+    S: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+{
+    let span = info_span!(
+        "session",
+        room = joined.room_name,
+        participant = joined.participant_sid
+    );
+    run(stream, sink, joined, ctx).instrument(span).await
+}
+
+async fn run<S, K>(mut stream: S, mut sink: K, joined: Joined, ctx: SessionContext)
+where
+    S: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+{
+    let Joined {
+        response,
+        room_name,
+        room_sid,
+        participant_sid,
+        mut rx,
+        ..
+    } = joined;
+    let ping_timeout = Duration::from_secs(response.ping_timeout.max(1) as u64);
+    let mut s = Session {
+        key: PeerKey {
+            room: room_sid,
+            participant: participant_sid,
+        },
+        ctx,
+        room_name,
+        json: false,
+        offer_id: 0,
+        publisher_offer_ids: VecDeque::new(),
+        active: false,
+        last_seen: Instant::now(),
+        ping_timeout,
+    };
+    let join = proto::SignalResponse {
+        message: Some(Resp::Join(response)),
+    };
+    if sink.send(encode_response(&join, false)).await.is_err() {
+        s.cleanup(End::Client);
+        return;
+    }
+    let (media_tx, mut media_rx) = mpsc::unbounded_channel();
+    s.ctx.worker.send(WorkerCommand::AddPeer {
+        key: s.key.clone(),
+        events: media_tx,
+    });
+    let mut ticker = tokio::time::interval(ping_timeout / 3);
+    let end = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(frame) = frame else { break End::Client };
+                s.last_seen = Instant::now();
+                if let Frame::Text(_) = frame {
+                    s.json = true;
+                }
+                match decode_request(&frame) {
+                    Ok(Some(req)) => {
+                        let (replies, leave) = s.handle_request(req);
+                        if send_all(&mut sink, &replies, s.json).await.is_err() {
+                            break End::Client;
+                        }
+                        if leave {
+                            break End::Client;
+                        }
+                    }
+                    Ok(None) => break End::Client,
+                    Err(e) => debug!("ignoring undecodable frame: {e}"),
+                }
+            }
+            msg = rx.recv() => match msg {
+                Some(SessionMessage::Signal(resp)) => {
+                    if sink.send(encode_response(&resp, s.json)).await.is_err() {
+                        break End::Client;
+                    }
+                }
+                Some(SessionMessage::Leave(leave)) => {
+                    let resp = proto::SignalResponse { message: Some(Resp::Leave(leave)) };
+                    let _ = sink.send(encode_response(&resp, s.json)).await;
+                    break End::Server;
+                }
+                None => break End::Server,
+            },
+            event = media_rx.recv() => {
+                if let Some(event) = event
+                    && let Some(resp) = s.handle_media(event)
+                        && sink.send(encode_response(&resp, s.json)).await.is_err() {
+                            break End::Client;
+                        }
+            }
+            _ = ticker.tick() => {
+                if s.last_seen.elapsed() > s.ping_timeout {
+                    break End::Timeout;
+                }
+            }
+        }
+    };
+    let _ = sink.send(Frame::Close).await;
+    s.cleanup(end);
+}
+
+async fn send_all<K: Sink<Frame> + Unpin>(
+    sink: &mut K,
+    replies: &[proto::SignalResponse],
+    json: bool,
+) -> Result<(), K::Error> {
+    for r in replies {
+        sink.send(encode_response(r, json)).await?;
+    }
+    Ok(())
+}
+
+fn response(message: Resp) -> proto::SignalResponse {
+    proto::SignalResponse {
+        message: Some(message),
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Pulls the `candidate:...` line out of a trickled `RTCIceCandidateInit` JSON.
+fn candidate_line(init: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(init).ok()?;
+    Some(v.get("candidate")?.as_str()?.to_string())
+}
+
+impl Session {
+    /// Handles one client request; returns the replies and whether the session ends.
+    fn handle_request(&mut self, req: proto::SignalRequest) -> (Vec<proto::SignalResponse>, bool) {
+        let Some(msg) = req.message else {
+            return (Vec::new(), false);
+        };
+        let mut replies = Vec::new();
+        match msg {
+            Req::Offer(sd) => {
+                self.publisher_offer_ids.push_back(sd.id);
+                self.ctx.worker.send(WorkerCommand::PublisherOffer {
+                    key: self.key.clone(),
+                    sdp: sd.sdp,
+                });
+            }
+            Req::Answer(sd) => self.ctx.worker.send(WorkerCommand::SubscriberAnswer {
+                key: self.key.clone(),
+                sdp: sd.sdp,
+            }),
+            Req::Trickle(t) => {
+                let target = if t.target == proto::SignalTarget::Subscriber as i32 {
+                    TransportDirection::Subscriber
+                } else {
+                    TransportDirection::Publisher
+                };
+                match candidate_line(&t.candidate_init) {
+                    Some(candidate) => self.ctx.worker.send(WorkerCommand::Candidate {
+                        key: self.key.clone(),
+                        target,
+                        candidate,
+                    }),
+                    None => debug!(init = t.candidate_init, "unparseable candidate"),
+                }
+            }
+            Req::Leave(_) => {
+                self.ctx.manager.leave(
+                    &self.room_name,
+                    &self.key.participant,
+                    DisconnectReason::ClientInitiated,
+                );
+                return (replies, true);
+            }
+            Req::Ping(ts) => replies.push(response(Resp::Pong(ts))),
+            Req::PingReq(ping) => replies.push(response(Resp::PongResp(proto::Pong {
+                last_ping_timestamp: ping.timestamp,
+                timestamp: unix_ms(),
+            }))),
+            Req::UpdateMetadata(update) => {
+                let result = self.ctx.manager.update_own_metadata(
+                    &self.room_name,
+                    &self.key.participant,
+                    &update,
+                );
+                use proto::request_response::Reason;
+                // Current SDKs wait for a RequestResponse to every request that has an id.
+                let (reason, message) = match result {
+                    Ok(()) => (Reason::Ok, String::new()),
+                    Err(e @ ServiceError::PermissionDenied(_)) => {
+                        (Reason::NotAllowed, e.to_string())
+                    }
+                    Err(e @ ServiceError::InvalidArgument(_)) => {
+                        (Reason::LimitExceeded, e.to_string())
+                    }
+                    Err(e) => (Reason::NotFound, e.to_string()),
+                };
+                if update.request_id != 0 || reason != Reason::Ok {
+                    replies.push(response(Resp::RequestResponse(proto::RequestResponse {
+                        request_id: update.request_id,
+                        reason: reason as i32,
+                        message,
+                        ..Default::default()
+                    })));
+                }
+            }
+            other => debug!(?other, "request not handled yet"),
+        }
+        (replies, false)
+    }
+
+    fn handle_media(&mut self, event: MediaEvent) -> Option<proto::SignalResponse> {
+        match event {
+            MediaEvent::SubscriberOffer(sdp) => {
+                self.offer_id += 1;
+                Some(response(Resp::Offer(proto::SessionDescription {
+                    r#type: "offer".into(),
+                    sdp,
+                    id: self.offer_id,
+                    ..Default::default()
+                })))
+            }
+            MediaEvent::PublisherAnswer(sdp) => {
+                let id = self.publisher_offer_ids.pop_front().unwrap_or(0);
+                Some(response(Resp::Answer(proto::SessionDescription {
+                    r#type: "answer".into(),
+                    sdp,
+                    id,
+                    ..Default::default()
+                })))
+            }
+            MediaEvent::Connected(direction) => {
+                debug!(?direction, "media connected");
+                if !self.active {
+                    self.active = true;
+                    self.ctx
+                        .manager
+                        .set_active(&self.room_name, &self.key.participant);
+                }
+                None
+            }
+            MediaEvent::Closed(direction) => {
+                warn!(?direction, "media connection closed");
+                None
+            }
+            MediaEvent::NegotiationFailed(direction, reason) => {
+                warn!(?direction, reason, "negotiation failed");
+                if direction == TransportDirection::Publisher {
+                    // That offer will get no answer; the next answer belongs to the next offer.
+                    self.publisher_offer_ids.pop_front();
+                }
+                None
+            }
+        }
+    }
+
+    fn cleanup(&self, end: End) {
+        let reason = match end {
+            End::Client => DisconnectReason::ClientInitiated,
+            End::Server => DisconnectReason::UnknownReason,
+            End::Timeout => DisconnectReason::SignalClose,
+        };
+        // A server-initiated end already removed the participant; leave() is then a no-op.
+        self.ctx
+            .manager
+            .leave(&self.room_name, &self.key.participant, reason);
+        self.ctx.worker.send(WorkerCommand::RemovePeer {
+            key: self.key.clone(),
+        });
+    }
+}

@@ -1,0 +1,502 @@
+//! One worker thread: its socket, its rooms' routers, and the demultiplexer between them.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aviary_sfu::{
+    DtlsCert, Event, Output, Protocol, Receive, Router, RouterConfig, TransportDirection,
+    TransportId, TransportOptions, demux,
+};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, trace, warn};
+
+use super::{MediaEvent, PeerKey, WorkerCommand};
+use crate::guid::random_string;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Datagrams read per turn before timers and commands get their turn.
+const RECV_BATCH: usize = 256;
+/// Longest sleep, so that a lost wake-up costs at most this much.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// A room's index inside this worker (cheaper to copy per packet than its sid).
+type RoomIdx = u32;
+
+struct Peer {
+    subscriber: Option<TransportId>,
+    publisher: Option<TransportId>,
+    events: UnboundedSender<MediaEvent>,
+}
+
+struct TransportEntry {
+    participant: String,
+    direction: TransportDirection,
+    ufrag: String,
+}
+
+struct RoomMedia {
+    sid: String,
+    router: Router,
+    peers: HashMap<String, Peer>,
+    transports: HashMap<TransportId, TransportEntry>,
+    next_timeout: Instant,
+}
+
+impl RoomMedia {
+    fn notify(&self, transport: TransportId, event: impl FnOnce(TransportDirection) -> MediaEvent) {
+        if let Some(entry) = self.transports.get(&transport)
+            && let Some(peer) = self.peers.get(&entry.participant)
+        {
+            let _ = peer.events.send(event(entry.direction));
+        }
+    }
+}
+
+/// Where incoming datagrams go. Both maps are keyed by values the peer chooses, so they use
+/// std's DoS-resistant hasher.
+#[derive(Default)]
+struct Demux {
+    by_ufrag: HashMap<String, (RoomIdx, TransportId)>,
+    by_addr: HashMap<SocketAddr, (RoomIdx, TransportId)>,
+}
+
+impl Demux {
+    fn forget(&mut self, room: RoomIdx, transport: TransportId, ufrag: &str) {
+        self.by_ufrag.remove(ufrag);
+        self.by_addr.retain(|_, v| *v != (room, transport));
+    }
+}
+
+pub(super) struct Worker {
+    index: usize,
+    poll: Poll,
+    socket: mio::net::UdpSocket,
+    waker: Arc<Waker>,
+    rx: mpsc::Receiver<WorkerCommand>,
+    advertised: SocketAddr,
+    cert: DtlsCert,
+    rooms: HashMap<RoomIdx, RoomMedia>,
+    room_idx: HashMap<String, RoomIdx>,
+    next_room: RoomIdx,
+    demux: Demux,
+}
+
+impl Worker {
+    pub(super) fn new(
+        index: usize,
+        socket: std::net::UdpSocket,
+        advertised: SocketAddr,
+        cert: DtlsCert,
+        rx: mpsc::Receiver<WorkerCommand>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Self {
+            index,
+            poll,
+            socket,
+            waker,
+            rx,
+            advertised,
+            cert,
+            rooms: HashMap::new(),
+            room_idx: HashMap::new(),
+            next_room: 0,
+            demux: Demux::default(),
+        })
+    }
+
+    pub(super) fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub(super) fn run(&mut self) {
+        let _span = tracing::info_span!("worker", index = self.index).entered();
+        debug!(addr = %self.advertised, "worker started");
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; 2048];
+        let mut more_to_read = false;
+        loop {
+            let now = Instant::now();
+            let deadline = self
+                .rooms
+                .values()
+                .map(|r| r.next_timeout)
+                .min()
+                .unwrap_or(now + MAX_SLEEP);
+            let sleep = if more_to_read {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now).min(MAX_SLEEP)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(sleep))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                error!("poll failed: {e}");
+                return;
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(WorkerCommand::Shutdown) => return,
+                    Ok(cmd) => self.handle_command(cmd),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            more_to_read = self.read_socket(&mut buf);
+            self.handle_timeouts(Instant::now());
+        }
+    }
+
+    /// Reads up to one batch; returns true if the socket may hold more.
+    fn read_socket(&mut self, buf: &mut [u8]) -> bool {
+        for _ in 0..RECV_BATCH {
+            match self.socket.recv_from(buf) {
+                Ok((n, source)) => self.handle_datagram(&buf[..n], source, Instant::now()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    // ICMP errors surface here on Linux; they are about one peer, not us.
+                    trace!("recv_from: {e}");
+                }
+            }
+        }
+        true
+    }
+
+    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+        let target = match self.demux.by_addr.get(&source) {
+            Some(t) => Some(*t),
+            None => demux::stun_local_ufrag(data)
+                .and_then(|ufrag| self.demux.by_ufrag.get(ufrag).copied()),
+        };
+        let Some((room, transport)) = target else {
+            trace!(%source, len = data.len(), "datagram for no transport");
+            return;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.advertised, data) else {
+            trace!(%source, "unparseable datagram");
+            return;
+        };
+        if demux::is_stun(data) {
+            // The ufrag matched; later packets from this address need no STUN to find it.
+            self.demux.by_addr.insert(source, (room, transport));
+        }
+        self.with_router(room, |r| {
+            let _ = r.handle_receive(now, transport, receive);
+        });
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let due: Vec<RoomIdx> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.next_timeout <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for idx in due {
+            self.with_router(idx, |r| r.handle_timeout(now));
+        }
+    }
+
+    fn handle_command(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::AddPeer { key, events } => self.add_peer(key, events),
+            WorkerCommand::PublisherOffer { key, sdp } => self.publisher_offer(key, sdp),
+            WorkerCommand::SubscriberAnswer { key, sdp } => {
+                let Some((idx, tid)) = self.transport_of(&key, TransportDirection::Subscriber)
+                else {
+                    return;
+                };
+                let result = self.with_router(idx, |r| r.accept_answer(tid, &sdp));
+                if let Some(Err(e)) = result {
+                    self.send_to_peer(
+                        &key,
+                        MediaEvent::NegotiationFailed(
+                            TransportDirection::Subscriber,
+                            e.to_string(),
+                        ),
+                    );
+                }
+            }
+            WorkerCommand::Candidate {
+                key,
+                target,
+                candidate,
+            } => {
+                if let Some((idx, tid)) = self.transport_of(&key, target)
+                    && let Some(Err(e)) =
+                        self.with_router(idx, |r| r.add_remote_candidate(tid, &candidate))
+                {
+                    debug!(participant = key.participant, "bad candidate: {e}");
+                }
+            }
+            WorkerCommand::RemovePeer { key } => self.remove_peer(&key),
+            WorkerCommand::Shutdown => {}
+        }
+    }
+
+    fn room_for(&mut self, sid: &str) -> RoomIdx {
+        if let Some(idx) = self.room_idx.get(sid) {
+            return *idx;
+        }
+        let idx = self.next_room;
+        self.next_room = self.next_room.wrapping_add(1);
+        let config = RouterConfig {
+            dtls_cert: Some(self.cert.clone()),
+            candidates: vec![(self.advertised, Protocol::Udp)],
+        };
+        let now = Instant::now();
+        self.rooms.insert(
+            idx,
+            RoomMedia {
+                sid: sid.to_string(),
+                router: Router::new(config, now),
+                peers: HashMap::new(),
+                transports: HashMap::new(),
+                next_timeout: now,
+            },
+        );
+        self.room_idx.insert(sid.to_string(), idx);
+        idx
+    }
+
+    fn new_transport(
+        &mut self,
+        idx: RoomIdx,
+        participant: &str,
+        direction: TransportDirection,
+    ) -> Option<TransportId> {
+        let mut ufrag = random_string(8);
+        while self.demux.by_ufrag.contains_key(&ufrag) {
+            ufrag = random_string(8);
+        }
+        let options = TransportOptions::new(direction, ufrag.clone(), random_string(24));
+        let entry = TransportEntry {
+            participant: participant.to_string(),
+            direction,
+            ufrag: ufrag.clone(),
+        };
+        // The entry goes in before the drain, so that the first offer finds its peer.
+        let tid = self.with_room(idx, |room| {
+            let tid = room.router.create_transport(options);
+            room.transports.insert(tid, entry);
+            tid
+        })?;
+        self.demux.by_ufrag.insert(ufrag, (idx, tid));
+        Some(tid)
+    }
+
+    fn add_peer(&mut self, key: PeerKey, events: UnboundedSender<MediaEvent>) {
+        let idx = self.room_for(&key.room);
+        if self
+            .rooms
+            .get(&idx)
+            .is_some_and(|r| r.peers.contains_key(&key.participant))
+        {
+            self.remove_peer(&key);
+        }
+        let idx = self.room_for(&key.room);
+        if let Some(room) = self.rooms.get_mut(&idx) {
+            room.peers.insert(
+                key.participant.clone(),
+                Peer {
+                    subscriber: None,
+                    publisher: None,
+                    events,
+                },
+            );
+        }
+        let tid = self.new_transport(idx, &key.participant, TransportDirection::Subscriber);
+        if let Some(room) = self.rooms.get_mut(&idx)
+            && let Some(peer) = room.peers.get_mut(&key.participant)
+        {
+            peer.subscriber = tid;
+        }
+    }
+
+    fn publisher_offer(&mut self, key: PeerKey, sdp: String) {
+        let Some(&idx) = self.room_idx.get(&key.room) else {
+            return;
+        };
+        let existing = self
+            .rooms
+            .get(&idx)
+            .and_then(|r| r.peers.get(&key.participant))
+            .map(|p| p.publisher);
+        let tid = match existing {
+            None => return,
+            Some(Some(tid)) => tid,
+            Some(None) => {
+                let Some(tid) =
+                    self.new_transport(idx, &key.participant, TransportDirection::Publisher)
+                else {
+                    return;
+                };
+                if let Some(peer) = self
+                    .rooms
+                    .get_mut(&idx)
+                    .and_then(|r| r.peers.get_mut(&key.participant))
+                {
+                    peer.publisher = Some(tid);
+                }
+                tid
+            }
+        };
+        let event = match self.with_router(idx, |r| r.accept_offer(tid, &sdp)) {
+            Some(Ok(answer)) => MediaEvent::PublisherAnswer(answer),
+            Some(Err(e)) => {
+                MediaEvent::NegotiationFailed(TransportDirection::Publisher, e.to_string())
+            }
+            None => return,
+        };
+        self.send_to_peer(&key, event);
+    }
+
+    fn remove_peer(&mut self, key: &PeerKey) {
+        let Some(&idx) = self.room_idx.get(&key.room) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&idx) else {
+            return;
+        };
+        let Some(peer) = room.peers.remove(&key.participant) else {
+            return;
+        };
+        for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
+            if let Some(entry) = room.transports.remove(&tid) {
+                self.demux.forget(idx, tid, &entry.ufrag);
+            }
+            let _ = room.router.close_transport(tid);
+        }
+        if room.peers.is_empty() {
+            debug!(room = room.sid, "last peer gone; dropping router");
+            self.rooms.remove(&idx);
+            self.room_idx.remove(&key.room);
+        }
+    }
+
+    fn transport_of(
+        &self,
+        key: &PeerKey,
+        direction: TransportDirection,
+    ) -> Option<(RoomIdx, TransportId)> {
+        let idx = *self.room_idx.get(&key.room)?;
+        let peer = self.rooms.get(&idx)?.peers.get(&key.participant)?;
+        let tid = match direction {
+            TransportDirection::Subscriber => peer.subscriber,
+            TransportDirection::Publisher => peer.publisher,
+        }?;
+        Some((idx, tid))
+    }
+
+    fn send_to_peer(&self, key: &PeerKey, event: MediaEvent) {
+        let peer = self
+            .room_idx
+            .get(&key.room)
+            .and_then(|idx| self.rooms.get(idx))
+            .and_then(|r| r.peers.get(&key.participant));
+        if let Some(peer) = peer {
+            let _ = peer.events.send(event);
+        }
+    }
+
+    /// Runs `f` on a room's router and drains its outputs. A panic inside closes that room
+    /// (its peers are told their transports closed) and leaves the worker running.
+    fn with_room<R>(&mut self, idx: RoomIdx, f: impl FnOnce(&mut RoomMedia) -> R) -> Option<R> {
+        let room = self.rooms.get_mut(&idx)?;
+        let socket = &self.socket;
+        let demux = &mut self.demux;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let r = f(room);
+            drain(idx, room, socket, demux);
+            r
+        }));
+        match result {
+            Ok(r) => Some(r),
+            Err(_) => {
+                error!(room = room.sid, "router panicked; closing the room's media");
+                self.fail_room(idx);
+                None
+            }
+        }
+    }
+
+    /// [`Self::with_room`] for calls that need only the router.
+    fn with_router<R>(&mut self, idx: RoomIdx, f: impl FnOnce(&mut Router) -> R) -> Option<R> {
+        self.with_room(idx, |room| f(&mut room.router))
+    }
+
+    fn fail_room(&mut self, idx: RoomIdx) {
+        let Some(room) = self.rooms.remove(&idx) else {
+            return;
+        };
+        self.room_idx.remove(&room.sid);
+        for (tid, entry) in &room.transports {
+            self.demux.forget(idx, *tid, &entry.ufrag);
+            if let Some(peer) = room.peers.get(&entry.participant) {
+                let _ = peer.events.send(MediaEvent::Closed(entry.direction));
+            }
+        }
+    }
+}
+
+fn drain(idx: RoomIdx, room: &mut RoomMedia, socket: &mio::net::UdpSocket, demux: &mut Demux) {
+    loop {
+        match room.router.poll_output() {
+            Output::Transmit(t) => {
+                if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                    // UDP: a full buffer drops the datagram, as the network would.
+                    trace!(dest = %t.destination, "send_to: {e}");
+                }
+            }
+            Output::Timeout(at) => {
+                room.next_timeout = at;
+                return;
+            }
+            Output::Event(event) => handle_event(idx, room, demux, event),
+        }
+    }
+}
+
+fn handle_event(idx: RoomIdx, room: &mut RoomMedia, demux: &mut Demux, event: Event) {
+    match event {
+        Event::OfferReady { transport, sdp } => {
+            room.notify(transport, |_| MediaEvent::SubscriberOffer(sdp));
+        }
+        Event::TransportConnected { transport } => {
+            room.notify(transport, MediaEvent::Connected);
+        }
+        Event::TransportClosed { transport, reason } => {
+            warn!(room = room.sid, %transport, ?reason, "transport closed");
+            room.notify(transport, MediaEvent::Closed);
+            if let Some(entry) = room.transports.remove(&transport) {
+                demux.forget(idx, transport, &entry.ufrag);
+                if let Some(peer) = room.peers.get_mut(&entry.participant) {
+                    match entry.direction {
+                        TransportDirection::Subscriber => peer.subscriber = None,
+                        TransportDirection::Publisher => peer.publisher = None,
+                    }
+                }
+            }
+        }
+        Event::DataChannelOpen { transport, kind } => {
+            debug!(room = room.sid, %transport, ?kind, "data channel open");
+        }
+        Event::DataReceived {
+            transport, kind, ..
+        } => {
+            trace!(room = room.sid, %transport, ?kind, "data received");
+        }
+        other => trace!(?other, "unhandled router event"),
+    }
+}

@@ -1,0 +1,13 @@
+//! Typed identifiers for the objects a [`crate::Router`] owns.
+
+use std::fmt;
+
+/// Identifies a transport (one peer connection) inside its router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransportId(pub u64);
+
+impl fmt::Display for TransportId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "T{}", self.0)
+    }
+}

@@ -1,0 +1,342 @@
+//! A transport: one peer connection (one str0m `Rtc`) and its negotiation state.
+//!
+//! A transport knows nothing of rooms or participants; it turns str0m's outputs into the
+//! router's [`Output`]s and keeps the one offer it may have in flight.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::{Candidate, IceConnectionState, Input, Rtc};
+use tracing::{debug, trace};
+
+use crate::error::NegotiateError;
+use crate::router::{Event, Output};
+use crate::{SendDataError, TransportId};
+
+/// Which way media flows on a transport, seen from the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportDirection {
+    /// The client sends: the client offers, the server answers.
+    Publisher,
+    /// The client receives: the server offers, the client answers.
+    Subscriber,
+}
+
+/// The two LiveKit data channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// `_reliable`: ordered, retransmitted.
+    Reliable,
+    /// `_lossy`: unordered, no retransmissions.
+    Lossy,
+}
+
+impl DataKind {
+    /// The channel label LiveKit clients use for this kind.
+    pub fn label(self) -> &'static str {
+        match self {
+            DataKind::Reliable => "_reliable",
+            DataKind::Lossy => "_lossy",
+        }
+    }
+
+    fn from_label(label: &str) -> Option<Self> {
+        match label {
+            "_reliable" => Some(DataKind::Reliable),
+            "_lossy" => Some(DataKind::Lossy),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Arguments for [`crate::Router::create_transport`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TransportOptions {
+    /// Publisher or subscriber.
+    pub direction: TransportDirection,
+    /// Local ICE username fragment; the caller picks it (randomly) so that it can demultiplex
+    /// STUN by it. At least 4 characters.
+    pub ice_ufrag: String,
+    /// Local ICE password, at least 22 characters.
+    pub ice_pwd: String,
+}
+
+impl TransportOptions {
+    /// Options with every required argument.
+    pub fn new(direction: TransportDirection, ice_ufrag: String, ice_pwd: String) -> Self {
+        Self {
+            direction,
+            ice_ufrag,
+            ice_pwd,
+        }
+    }
+}
+
+/// Why a transport closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The owner closed it.
+    Local,
+    /// str0m reported an error; the text says which.
+    Failed(String),
+    /// ICE lost the peer.
+    IceDisconnected,
+}
+
+/// Bound on a data channel's send buffer; past it, messages are dropped rather than queued,
+/// so that one slow receiver cannot grow the worker's memory without limit.
+const MAX_BUFFERED_DATA: usize = 1024 * 1024;
+
+/// A change to a subscriber's session that needs an offer.
+#[derive(Debug)]
+enum Change {
+    /// The `_reliable` and `_lossy` channels.
+    ServerChannels,
+}
+
+/// One peer connection.
+pub struct Transport {
+    id: TransportId,
+    direction: TransportDirection,
+    ice_ufrag: String,
+    pub(crate) rtc: Rtc,
+    pub(crate) next_timeout: Option<Instant>,
+    pending_offer: Option<SdpPendingOffer>,
+    /// Changes waiting for the next offer. str0m drops changes made on an `SdpApi` that is
+    /// not applied, so they are kept here and replayed when the offer is made.
+    changes: Vec<Change>,
+    channels: [Option<ChannelId>; 2],
+    connected: bool,
+    pub(crate) closed: Option<CloseReason>,
+}
+
+impl Transport {
+    pub(crate) fn new(id: TransportId, options: TransportOptions, rtc: Rtc) -> Self {
+        Self {
+            id,
+            direction: options.direction,
+            ice_ufrag: options.ice_ufrag,
+            rtc,
+            next_timeout: None,
+            pending_offer: None,
+            changes: Vec::new(),
+            channels: [None, None],
+            connected: false,
+            closed: None,
+        }
+    }
+
+    /// This transport's id.
+    pub fn id(&self) -> TransportId {
+        self.id
+    }
+
+    /// Publisher or subscriber.
+    pub fn direction(&self) -> TransportDirection {
+        self.direction
+    }
+
+    /// The local ICE ufrag, as given in its options.
+    pub fn ice_ufrag(&self) -> &str {
+        &self.ice_ufrag
+    }
+
+    /// True once ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// True while an offer of ours awaits its answer.
+    pub fn has_pending_offer(&self) -> bool {
+        self.pending_offer.is_some()
+    }
+
+    /// Server-side data channels, created on a subscriber before its first offer.
+    pub(crate) fn add_server_channels(&mut self) {
+        self.changes.push(Change::ServerChannels);
+    }
+
+    /// Makes an offer from the pending changes unless one is already in flight; changes made
+    /// meanwhile are folded into the offer that follows its answer.
+    pub(crate) fn offer_if_needed(&mut self, out: &mut VecDeque<Output>) {
+        if self.pending_offer.is_some() || self.changes.is_empty() {
+            return;
+        }
+        let mut api = self.rtc.sdp_api();
+        for change in self.changes.drain(..) {
+            match change {
+                Change::ServerChannels => {
+                    for kind in [DataKind::Reliable, DataKind::Lossy] {
+                        let (ordered, reliability) = match kind {
+                            DataKind::Reliable => (true, Reliability::Reliable),
+                            DataKind::Lossy => {
+                                (false, Reliability::MaxRetransmits { retransmits: 0 })
+                            }
+                        };
+                        api.add_channel_with_config(ChannelConfig {
+                            label: kind.label().to_string(),
+                            ordered,
+                            reliability,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        if let Some((offer, pending)) = api.apply() {
+            self.pending_offer = Some(pending);
+            out.push_back(Output::Event(Event::OfferReady {
+                transport: self.id,
+                sdp: offer.to_sdp_string(),
+            }));
+        }
+        self.drive(out);
+    }
+
+    pub(crate) fn accept_offer(
+        &mut self,
+        sdp: &str,
+        out: &mut VecDeque<Output>,
+    ) -> Result<String, NegotiateError> {
+        if self.direction != TransportDirection::Publisher {
+            return Err(NegotiateError::WrongDirection(self.id));
+        }
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| NegotiateError::Malformed(e.to_string()))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| NegotiateError::Refused(e.to_string()))?;
+        self.drive(out);
+        Ok(answer.to_sdp_string())
+    }
+
+    pub(crate) fn accept_answer(
+        &mut self,
+        sdp: &str,
+        out: &mut VecDeque<Output>,
+    ) -> Result<(), NegotiateError> {
+        let answer = SdpAnswer::from_sdp_string(sdp)
+            .map_err(|e| NegotiateError::Malformed(e.to_string()))?;
+        let pending = self
+            .pending_offer
+            .take()
+            .ok_or(NegotiateError::NoPendingOffer(self.id))?;
+        let result = self.rtc.sdp_api().accept_answer(pending, answer);
+        self.drive(out);
+        result.map_err(|e| NegotiateError::Refused(e.to_string()))?;
+        self.offer_if_needed(out);
+        Ok(())
+    }
+
+    pub(crate) fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), NegotiateError> {
+        let line = candidate.strip_prefix("a=").unwrap_or(candidate);
+        let c = Candidate::from_sdp_string(line)
+            .map_err(|e| NegotiateError::Malformed(e.to_string()))?;
+        self.rtc.add_remote_candidate(c);
+        Ok(())
+    }
+
+    pub(crate) fn send_data(
+        &mut self,
+        kind: DataKind,
+        data: &[u8],
+        out: &mut VecDeque<Output>,
+    ) -> Result<(), SendDataError> {
+        let id = self.channels[kind.index()].ok_or(SendDataError::NotOpen)?;
+        let mut channel = self.rtc.channel(id).ok_or(SendDataError::NotOpen)?;
+        if channel.buffered_amount() > MAX_BUFFERED_DATA {
+            return Err(SendDataError::BufferFull);
+        }
+        let written = channel
+            .write(true, data)
+            .map_err(|_| SendDataError::NotOpen)?;
+        self.drive(out);
+        if written {
+            Ok(())
+        } else {
+            Err(SendDataError::BufferFull)
+        }
+    }
+
+    pub(crate) fn handle_input(&mut self, input: Input<'_>, out: &mut VecDeque<Output>) {
+        if let Err(e) = self.rtc.handle_input(input) {
+            // A bad datagram is not fatal to the peer; str0m only errors on real breakage.
+            debug!(transport = %self.id, "handle_input: {e}");
+        }
+        self.drive(out);
+    }
+
+    /// Drains str0m's outputs until its next timeout.
+    pub(crate) fn drive(&mut self, out: &mut VecDeque<Output>) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(str0m::Output::Timeout(t)) => {
+                    self.next_timeout = Some(t);
+                    return;
+                }
+                Ok(str0m::Output::Transmit(t)) => out.push_back(Output::Transmit(t)),
+                Ok(str0m::Output::Event(e)) => self.handle_event(e, out),
+                Err(e) => {
+                    self.closed = Some(CloseReason::Failed(e.to_string()));
+                    self.next_timeout = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: str0m::Event, out: &mut VecDeque<Output>) {
+        let transport = self.id;
+        match event {
+            str0m::Event::Connected => {
+                self.connected = true;
+                out.push_back(Output::Event(Event::TransportConnected { transport }));
+            }
+            str0m::Event::IceConnectionStateChange(state) => {
+                debug!(%transport, ?state, "ice state");
+                if state == IceConnectionState::Disconnected && self.connected {
+                    self.closed = Some(CloseReason::IceDisconnected);
+                }
+            }
+            str0m::Event::ChannelOpen(id, label) => {
+                if let Some(kind) = DataKind::from_label(&label) {
+                    self.channels[kind.index()] = Some(id);
+                    out.push_back(Output::Event(Event::DataChannelOpen { transport, kind }));
+                } else {
+                    debug!(%transport, label, "ignoring unknown data channel");
+                }
+            }
+            str0m::Event::ChannelData(data) => {
+                let kind = if self.channels[DataKind::Reliable.index()] == Some(data.id) {
+                    DataKind::Reliable
+                } else if self.channels[DataKind::Lossy.index()] == Some(data.id) {
+                    DataKind::Lossy
+                } else {
+                    return;
+                };
+                out.push_back(Output::Event(Event::DataReceived {
+                    transport,
+                    kind,
+                    data: data.data,
+                }));
+            }
+            str0m::Event::ChannelClose(id) => {
+                for slot in &mut self.channels {
+                    if *slot == Some(id) {
+                        *slot = None;
+                    }
+                }
+            }
+            other => trace!(%transport, ?other, "unhandled rtc event"),
+        }
+    }
+}

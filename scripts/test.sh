@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's one test command: Rust unit and integration tests, then the
+# Python interop tests against the built server inside a private network
+# namespace (needs root, iproute2 and python3 with venv; see tests/interop/README.md).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== cargo test --workspace"
+cargo test --workspace
+
+echo "== cargo build"
+cargo build
+
+echo "== python venv (.venv)"
+PYTHON="${PYTHON:-python3}"
+if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+    rm -rf .venv
+    "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the requirements changed since the last install.
+stamp=.venv/.interop-requirements.sha256
+want="$(sha256sum tests/interop/requirements.txt | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+        -r tests/interop/requirements.txt
+    echo "$want" >"$stamp"
+fi
+
+echo "== interop tests"
+export AVIARY_BIN="${AVIARY_BIN:-$PWD/target/debug/aviary}"
+scripts/testnet.sh run -- .venv/bin/python -m pytest tests/interop -v "$@"

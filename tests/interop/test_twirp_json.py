@@ -1,0 +1,128 @@
+"""RoomService over Twirp with JSON bodies (protojson), by plain HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import HttpAnswer, Server, service_token, twirp_json, unique
+
+
+def assert_twirp_error(answer: HttpAnswer, status: int, code: str) -> None:
+    assert answer.status == status, f"expected HTTP {status}, got {answer.status}: {answer.text}"
+    try:
+        body = answer.json()
+    except ValueError:
+        raise AssertionError(f"a Twirp error must be JSON, got: {answer.text!r}") from None
+    assert body.get("code") == code, f"expected code {code!r}, got {body}"
+    assert isinstance(body.get("msg"), str), f"a Twirp error carries a msg: {body}"
+
+
+def test_create_and_list_rooms_in_json(server: Server) -> None:
+    room = unique("json")
+    token = service_token(roomCreate=True, roomList=True)
+
+    created = twirp_json(
+        server,
+        "CreateRoom",
+        {"name": room, "emptyTimeout": 120, "maxParticipants": 7, "metadata": "json-meta"},
+        token,
+    )
+    assert created.status == 200, created.text
+    assert created.headers.get("content-type", "").startswith("application/json")
+    body = created.json()
+    assert body["name"] == room
+    assert body.get("sid"), f"no room sid in {body}"
+    assert body.get("emptyTimeout") == 120
+    assert body.get("maxParticipants") == 7
+    assert body.get("metadata") == "json-meta"
+    # protojson spells fields in lowerCamelCase
+    assert "empty_timeout" not in body and "max_participants" not in body
+
+    listed = twirp_json(server, "ListRooms", {"names": [room]}, token)
+    assert listed.status == 200, listed.text
+    assert listed.headers.get("content-type", "").startswith("application/json")
+    rooms = listed.json().get("rooms", [])
+    assert [(r["name"], r["sid"]) for r in rooms] == [(room, body["sid"])]
+    assert rooms[0].get("maxParticipants") == 7
+
+    everything = twirp_json(server, "ListRooms", {}, token)
+    assert everything.status == 200, everything.text
+    assert room in [r["name"] for r in everything.json().get("rooms", [])]
+
+    nothing = twirp_json(server, "ListRooms", {"names": [unique("no-such-room")]}, token)
+    assert nothing.status == 200, nothing.text
+    assert nothing.json().get("rooms", []) == []
+
+    deleted = twirp_json(server, "DeleteRoom", {"room": room}, token)
+    assert deleted.status == 200, deleted.text
+    gone = twirp_json(server, "ListRooms", {"names": [room]}, token)
+    assert gone.json().get("rooms", []) == []
+
+
+def test_no_token_is_unauthenticated(server: Server) -> None:
+    answer = twirp_json(server, "ListRooms", {}, None)
+    assert_twirp_error(answer, 401, "unauthenticated")
+
+
+def test_badly_signed_token_is_unauthenticated(server: Server) -> None:
+    token = service_token(api_secret="not-the-secret", roomList=True)
+    assert_twirp_error(twirp_json(server, "ListRooms", {}, token), 401, "unauthenticated")
+    token = service_token(api_key="no-such-key", roomList=True)
+    assert_twirp_error(twirp_json(server, "ListRooms", {}, token), 401, "unauthenticated")
+
+
+@pytest.mark.parametrize(
+    "method,body,grants",
+    [
+        ("CreateRoom", {"name": "never-made"}, {"roomList": True}),
+        ("ListRooms", {}, {"roomCreate": True}),
+        ("DeleteRoom", {"room": "never-made"}, {"roomList": True}),
+    ],
+    ids=["create-without-roomCreate", "list-without-roomList", "delete-without-roomCreate"],
+)
+def test_missing_grant_is_permission_denied(server: Server, method: str, body: dict, grants: dict) -> None:
+    answer = twirp_json(server, method, body, service_token(**grants))
+    assert_twirp_error(answer, 403, "permission_denied")
+
+
+def test_create_without_room_create_makes_no_room(server: Server) -> None:
+    room = unique("refused")
+    answer = twirp_json(server, "CreateRoom", {"name": room}, service_token(roomList=True))
+    assert_twirp_error(answer, 403, "permission_denied")
+    listed = twirp_json(server, "ListRooms", {"names": [room]}, service_token(roomList=True))
+    assert listed.status == 200 and listed.json().get("rooms", []) == []
+
+
+def test_get_missing_participant_is_not_found(server: Server) -> None:
+    room = unique("ghosts")
+    made = twirp_json(server, "CreateRoom", {"name": room}, service_token(roomCreate=True))
+    assert made.status == 200, made.text
+    answer = twirp_json(
+        server,
+        "GetParticipant",
+        {"room": room, "identity": "nobody"},
+        service_token(roomAdmin=True, room=room),
+    )
+    assert_twirp_error(answer, 404, "not_found")
+    twirp_json(server, "DeleteRoom", {"room": room}, service_token(roomCreate=True))
+
+
+def test_unknown_method_is_bad_route(server: Server) -> None:
+    token = service_token(roomCreate=True, roomList=True, roomAdmin=True)
+    answer = twirp_json(server, "NoSuchMethod", {}, token)
+    assert_twirp_error(answer, 404, "bad_route")
+
+
+def test_room_admin_for_another_room_is_permission_denied(server: Server) -> None:
+    room = unique("mine")
+    made = twirp_json(server, "CreateRoom", {"name": room}, service_token(roomCreate=True))
+    assert made.status == 200, made.text
+    answer = twirp_json(
+        server,
+        "ListParticipants",
+        {"room": room},
+        service_token(roomAdmin=True, room=unique("someone-else")),
+    )
+    assert_twirp_error(answer, 403, "permission_denied")
+    twirp_json(server, "DeleteRoom", {"room": room}, service_token(roomCreate=True))
+
