@@ -79,7 +79,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.room.clone(),
         config.limit.clone(),
         config.region.clone(),
-        workers.len(),
+        workers.handles(),
     ));
     let workers = Arc::new(workers);
     let state = AppState {

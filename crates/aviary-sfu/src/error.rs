@@ -43,3 +43,20 @@ pub enum SendDataError {
     #[error("data channel buffer full")]
     BufferFull,
 }
+
+/// Why a consumer could not be created or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// No such producer.
+    #[error("producer {0} not found")]
+    ProducerNotFound(crate::ProducerId),
+    /// No such transport.
+    #[error("transport {0} not found")]
+    TransportNotFound(TransportId),
+    /// Consumers go on subscriber transports only.
+    #[error("transport {0} is not a subscriber")]
+    NotASubscriber(TransportId),
+    /// No such consumer.
+    #[error("consumer {0} not found")]
+    ConsumerNotFound(crate::ConsumerId),
+}

@@ -20,16 +20,24 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod consumer;
 pub mod demux;
 mod error;
 mod ids;
+mod producer;
+mod rewrite;
 mod router;
 mod transport;
 
-pub use error::{NegotiateError, SendDataError, TransportError};
-pub use ids::TransportId;
+pub use consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
+pub use error::{ConsumeError, NegotiateError, SendDataError, TransportError};
+pub use ids::{ConsumerId, ProducerId, TransportId};
+pub use producer::Producer;
 pub use router::{Event, Output, Router, RouterConfig};
 pub use transport::{CloseReason, DataKind, Transport, TransportDirection, TransportOptions};
+
+/// str0m's media types that appear in this crate's API.
+pub use str0m::media::{MediaKind, Mid};
 
 pub use str0m::config::DtlsCert;
 /// Re-exported so that callers build inputs and read outputs with the same types.

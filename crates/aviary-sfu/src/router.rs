@@ -1,18 +1,30 @@
-//! The router: one per room, owner of every transport in it.
+//! The router: one per room, owner of every transport, producer and consumer in it.
 //!
 //! It holds no locks and no clock; the worker that owns it feeds it time and datagrams and
-//! drains its outputs (see the crate docs for the run-loop contract).
+//! drains its outputs (see the crate docs for the run-loop contract). A publisher's RTP
+//! packet is forwarded to every consumer within the call that received it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, IceCreds, Input, Rtc};
-use tracing::debug;
+use tracing::{debug, trace};
 
-use crate::transport::{CloseReason, DataKind, Transport, TransportDirection, TransportOptions};
-use crate::{DtlsCert, NegotiateError, SendDataError, TransportError, TransportId};
+use crate::consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
+use crate::error::ConsumeError;
+use crate::producer::Producer;
+use crate::rewrite::Rewriter;
+use crate::transport::{
+    CloseReason, DataKind, Internal, Sink, Transport, TransportDirection, TransportOptions,
+};
+use crate::{
+    ConsumerId, DtlsCert, NegotiateError, ProducerId, SendDataError, TransportError, TransportId,
+};
 
 /// Lasting settings of a router.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +85,33 @@ pub enum Event {
         /// The message, as sent.
         data: Vec<u8>,
     },
+    /// A publisher's offer added a stream we receive.
+    ProducerCreated {
+        /// The new producer.
+        producer: ProducerId,
+        /// Its publisher transport.
+        transport: TransportId,
+        /// Audio or video.
+        kind: MediaKind,
+        /// The publisher's msid track id (LiveKit clients send it as the track's `cid`).
+        track_id: String,
+        /// Its m-line.
+        mid: Mid,
+        /// MIME type of the negotiated codec (`audio/opus`, `video/VP8`, ...), if known.
+        mime: String,
+    },
+    /// A producer ended (the publisher stopped the m-line, or its transport closed).
+    ProducerClosed {
+        /// Which.
+        producer: ProducerId,
+    },
+    /// A consumer ended; its m-line is stopped at the next negotiation.
+    ConsumerClosed {
+        /// Which.
+        consumer: ConsumerId,
+        /// Why.
+        reason: ConsumerCloseReason,
+    },
 }
 
 /// How long to sleep when no transport wants a wake-up.
@@ -82,8 +121,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Router {
     config: RouterConfig,
     transports: HashMap<TransportId, Transport>,
+    producers: HashMap<ProducerId, Producer>,
+    consumers: HashMap<ConsumerId, Consumer>,
+    producer_by_mid: HashMap<(TransportId, Mid), ProducerId>,
+    consumer_by_mid: HashMap<(TransportId, Mid), ConsumerId>,
     next_id: u64,
-    out: VecDeque<Output>,
+    sink: Sink,
+    /// Subscriber transports written to while forwarding one packet; driven once at the end.
+    touched: Vec<TransportId>,
     now: Instant,
 }
 
@@ -93,17 +138,27 @@ impl Router {
         Self {
             config,
             transports: HashMap::new(),
+            producers: HashMap::new(),
+            consumers: HashMap::new(),
+            producer_by_mid: HashMap::new(),
+            consumer_by_mid: HashMap::new(),
             next_id: 1,
-            out: VecDeque::new(),
+            sink: Sink::default(),
+            touched: Vec::new(),
             now,
         }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     /// Creates a transport. A subscriber gets the two LiveKit data channels and its first
     /// offer comes out as [`Event::OfferReady`].
     pub fn create_transport(&mut self, options: TransportOptions) -> TransportId {
-        let id = TransportId(self.next_id);
-        self.next_id += 1;
+        let id = TransportId(self.next_id());
         let mut builder = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -127,21 +182,22 @@ impl Router {
         let mut transport = Transport::new(id, options, rtc);
         if direction == TransportDirection::Subscriber {
             transport.add_server_channels();
-            transport.offer_if_needed(&mut self.out);
+            transport.offer_if_needed(&mut self.sink);
         }
-        transport.drive(&mut self.out);
+        transport.drive(&mut self.sink);
         self.transports.insert(id, transport);
-        self.reap(id);
+        self.after(id);
         id
     }
 
-    /// Closes a transport at once; no event follows for it.
+    /// Closes a transport at once, with its producers and consumers (their events follow).
     pub fn close_transport(&mut self, id: TransportId) -> Result<(), TransportError> {
         let mut t = self
             .transports
             .remove(&id)
             .ok_or(TransportError::NotFound(id))?;
         t.rtc.disconnect();
+        self.forget_transport(id);
         Ok(())
     }
 
@@ -151,8 +207,8 @@ impl Router {
             .transports
             .get_mut(&id)
             .ok_or(NegotiateError::NotFound(id))?;
-        let answer = t.accept_offer(sdp, &mut self.out);
-        self.reap(id);
+        let answer = t.accept_offer(sdp, &mut self.sink);
+        self.after(id);
         answer
     }
 
@@ -162,8 +218,9 @@ impl Router {
             .transports
             .get_mut(&id)
             .ok_or(NegotiateError::NotFound(id))?;
-        let result = t.accept_answer(sdp, &mut self.out);
-        self.reap(id);
+        let result = t.accept_answer(sdp, &mut self.sink);
+        let result = result.map(|assigned| self.assign_mids(id, assigned));
+        self.after(id);
         result
     }
 
@@ -181,7 +238,7 @@ impl Router {
             return Ok(());
         }
         t.add_remote_candidate(candidate)?;
-        t.drive(&mut self.out);
+        t.drive(&mut self.sink);
         Ok(())
     }
 
@@ -196,9 +253,103 @@ impl Router {
             .transports
             .get_mut(&id)
             .ok_or(SendDataError::NotFound(id))?;
-        let result = t.send_data(kind, data, &mut self.out);
-        self.reap(id);
+        let result = t.send_data(kind, data, &mut self.sink);
+        self.after(id);
         result
+    }
+
+    /// Forwards `producer` to a subscriber transport. The m-line is offered at the next
+    /// negotiation (at once if none is in flight).
+    pub fn consume(&mut self, options: ConsumerOptions) -> Result<ConsumerId, ConsumeError> {
+        let producer = self
+            .producers
+            .get(&options.producer)
+            .ok_or(ConsumeError::ProducerNotFound(options.producer))?;
+        let kind = producer.kind;
+        let clock_rate = if kind == MediaKind::Audio {
+            48_000
+        } else {
+            90_000
+        };
+        let t = self
+            .transports
+            .get_mut(&options.transport)
+            .ok_or(ConsumeError::TransportNotFound(options.transport))?;
+        if t.direction() != TransportDirection::Subscriber {
+            return Err(ConsumeError::NotASubscriber(options.transport));
+        }
+        let id = ConsumerId(self.next_id);
+        self.next_id += 1;
+        t.add_consumer_media(id, kind, options.stream_id, options.track_id);
+        self.consumers.insert(
+            id,
+            Consumer {
+                id,
+                producer: options.producer,
+                transport: options.transport,
+                kind,
+                mid: None,
+                paused: options.paused,
+                started: false,
+                rewriter: Rewriter::new(clock_rate),
+                pt_map: HashMap::new(),
+                packets: 0,
+            },
+        );
+        if let Some(p) = self.producers.get_mut(&options.producer) {
+            p.consumers.push(id);
+        }
+        let assigned = match self.transports.get_mut(&options.transport) {
+            Some(t) => t.offer_if_needed(&mut self.sink),
+            None => Vec::new(),
+        };
+        self.assign_mids(options.transport, assigned);
+        self.after(options.transport);
+        Ok(id)
+    }
+
+    /// Stops forwarding and removes the consumer; its m-line is stopped at the next offer.
+    pub fn close_consumer(&mut self, id: ConsumerId) -> Result<(), ConsumeError> {
+        if !self.consumers.contains_key(&id) {
+            return Err(ConsumeError::ConsumerNotFound(id));
+        }
+        self.remove_consumer(id, ConsumerCloseReason::Local, false);
+        Ok(())
+    }
+
+    /// Pauses or resumes a consumer. Resuming re-bases its numbering and asks for a keyframe.
+    pub fn pause_consumer(&mut self, id: ConsumerId, paused: bool) -> Result<(), ConsumeError> {
+        let c = self
+            .consumers
+            .get_mut(&id)
+            .ok_or(ConsumeError::ConsumerNotFound(id))?;
+        if c.paused == paused {
+            return Ok(());
+        }
+        c.paused = paused;
+        if !paused {
+            c.started = false;
+            c.rewriter.resync();
+        }
+        Ok(())
+    }
+
+    /// Asks the producer's publisher for a keyframe (throttled).
+    pub fn request_keyframe(&mut self, producer: ProducerId) {
+        let now = self.now;
+        let Some(p) = self.producers.get_mut(&producer) else {
+            return;
+        };
+        if p.kind != MediaKind::Video || !p.take_keyframe_slot(now) {
+            return;
+        }
+        let (transport, mid) = (p.transport, p.mid);
+        if let Some(t) = self.transports.get_mut(&transport) {
+            if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+            t.drive(&mut self.sink);
+        }
     }
 
     /// A datagram for `id`, already demultiplexed by the caller.
@@ -213,12 +364,13 @@ impl Router {
             .transports
             .get_mut(&id)
             .ok_or(TransportError::NotFound(id))?;
-        t.handle_input(Input::Receive(now, receive), &mut self.out);
-        self.reap(id);
+        t.handle_input(Input::Receive(now, receive), &mut self.sink);
+        self.after(id);
         Ok(())
     }
 
-    /// Advances time: every transport whose deadline has passed gets its timeout.
+    /// Advances time: every transport whose deadline has passed gets its timeout, and owed
+    /// keyframe requests go out.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         let due: Vec<TransportId> = self
@@ -229,22 +381,34 @@ impl Router {
             .collect();
         for id in due {
             if let Some(t) = self.transports.get_mut(&id) {
-                t.handle_input(Input::Timeout(now), &mut self.out);
+                t.handle_input(Input::Timeout(now), &mut self.sink);
             }
-            self.reap(id);
+            self.after(id);
+        }
+        let owed: Vec<ProducerId> = self
+            .producers
+            .values()
+            .filter(|p| p.keyframe_deadline().is_some_and(|at| at <= now))
+            .map(|p| p.id)
+            .collect();
+        for p in owed {
+            self.request_keyframe(p);
         }
     }
 
     /// The next thing to do; [`Output::Timeout`] once there is nothing left.
     #[must_use]
     pub fn poll_output(&mut self) -> Output {
-        if let Some(o) = self.out.pop_front() {
+        if let Some(o) = self.sink.out.pop_front() {
             return o;
         }
-        let next = self
-            .transports
+        let transports = self.transports.values().filter_map(|t| t.next_timeout);
+        let keyframes = self
+            .producers
             .values()
-            .filter_map(|t| t.next_timeout)
+            .filter_map(|p| p.keyframe_deadline());
+        let next = transports
+            .chain(keyframes)
             .min()
             .unwrap_or(self.now + IDLE_TIMEOUT);
         Output::Timeout(next)
@@ -255,22 +419,311 @@ impl Router {
         self.transports.get(&id)
     }
 
+    /// The producer with this id.
+    pub fn producer(&self, id: ProducerId) -> Option<&Producer> {
+        self.producers.get(&id)
+    }
+
+    /// The consumer with this id.
+    pub fn consumer(&self, id: ConsumerId) -> Option<&Consumer> {
+        self.consumers.get(&id)
+    }
+
     /// Number of open transports.
     pub fn transport_count(&self) -> usize {
         self.transports.len()
     }
 
-    /// Removes a transport that failed and reports it.
-    fn reap(&mut self, id: TransportId) {
+    /// After any call that drove transport `id`: act on internal events and reap it if it
+    /// failed.
+    fn after(&mut self, id: TransportId) {
+        self.process_internal();
         let Some(reason) = self.transports.get(&id).and_then(|t| t.closed.clone()) else {
             return;
         };
         if let Some(mut t) = self.transports.remove(&id) {
             t.rtc.disconnect();
         }
-        self.out.push_back(Output::Event(Event::TransportClosed {
-            transport: id,
-            reason,
-        }));
+        self.sink
+            .out
+            .push_back(Output::Event(Event::TransportClosed {
+                transport: id,
+                reason,
+            }));
+        self.forget_transport(id);
     }
+
+    fn process_internal(&mut self) {
+        while let Some(ev) = self.sink.internal.pop_front() {
+            match ev {
+                Internal::Rtp { transport, packet } => self.forward(transport, packet),
+                Internal::KeyframeRequest { transport, mid } => {
+                    let producer = self
+                        .consumer_by_mid
+                        .get(&(transport, mid))
+                        .and_then(|c| self.consumers.get(c))
+                        .map(|c| c.producer);
+                    if let Some(p) = producer {
+                        self.request_keyframe(p);
+                    }
+                }
+                Internal::MediaAdded {
+                    transport,
+                    mid,
+                    kind,
+                    direction,
+                } => self.media_added(transport, mid, kind, direction),
+                Internal::MediaChanged {
+                    transport,
+                    mid,
+                    direction,
+                } => {
+                    if !receives(direction)
+                        && let Some(p) = self.producer_by_mid.get(&(transport, mid)).copied()
+                    {
+                        self.remove_producer(p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn media_added(&mut self, transport: TransportId, mid: Mid, kind: MediaKind, dir: Direction) {
+        let Some(t) = self.transports.get(&transport) else {
+            return;
+        };
+        if t.direction() != TransportDirection::Publisher || !receives(dir) {
+            return;
+        }
+        if self.producer_by_mid.contains_key(&(transport, mid)) {
+            return;
+        }
+        let media = t.rtc.media(mid);
+        let track_id = media.map(|m| m.track_id().to_string()).unwrap_or_default();
+        let first_pt = media.and_then(|m| m.remote_pts().first().copied());
+        let mime = first_pt
+            .and_then(|pt| t.rtc.codec_config().find(|p| p.pt() == pt))
+            .map(|p| mime_type(p.spec().codec))
+            .unwrap_or_default();
+        let id = ProducerId(self.next_id());
+        self.producers.insert(
+            id,
+            Producer {
+                id,
+                transport,
+                mid,
+                kind,
+                track_id: track_id.clone(),
+                consumers: Vec::new(),
+                last_keyframe_request: None,
+                keyframe_owed: false,
+                packets: 0,
+            },
+        );
+        self.producer_by_mid.insert((transport, mid), id);
+        self.sink
+            .out
+            .push_back(Output::Event(Event::ProducerCreated {
+                producer: id,
+                transport,
+                kind,
+                track_id,
+                mid,
+                mime,
+            }));
+    }
+
+    fn assign_mids(&mut self, transport: TransportId, assigned: Vec<(ConsumerId, Mid)>) {
+        for (consumer, mid) in assigned {
+            if let Some(c) = self.consumers.get_mut(&consumer) {
+                c.mid = Some(mid);
+                self.consumer_by_mid.insert((transport, mid), consumer);
+            }
+        }
+    }
+
+    /// Fans one publisher packet out to every consumer of its producer.
+    fn forward(&mut self, from: TransportId, packet: RtpPacket) {
+        let Some(t) = self.transports.get_mut(&from) else {
+            return;
+        };
+        let Some(mid) = t
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|s| s.mid())
+        else {
+            return;
+        };
+        let in_pt = packet.header.payload_type;
+        let spec = t
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == in_pt)
+            .map(|p| p.spec());
+        let Some(&pid) = self.producer_by_mid.get(&(from, mid)) else {
+            return;
+        };
+        let Some(producer) = self.producers.get_mut(&pid) else {
+            return;
+        };
+        producer.packets += 1;
+        let mut wants_keyframe = false;
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        for cid in &producer.consumers {
+            let Some(c) = self.consumers.get_mut(cid) else {
+                continue;
+            };
+            let Some(out_mid) = c.mid else { continue };
+            if c.paused {
+                continue;
+            }
+            let Some(sub) = self.transports.get_mut(&c.transport) else {
+                continue;
+            };
+            if !sub.is_connected() {
+                continue;
+            }
+            let out_pt = *c.pt_map.entry(in_pt).or_insert_with(|| {
+                let spec = spec?;
+                let cfg = sub.rtc.codec_config();
+                cfg.find(|p| p.spec() == spec)
+                    .or_else(|| {
+                        cfg.find(|p| {
+                            p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
+                        })
+                    })
+                    .map(|p| p.pt())
+            });
+            let Some(out_pt) = out_pt else {
+                trace!(consumer = %c.id, ?in_pt, "subscriber lacks the codec");
+                continue;
+            };
+            let Some((seq, ts)) =
+                c.rewriter
+                    .rewrite(*packet.seq_no, packet.header.timestamp, packet.timestamp)
+            else {
+                continue;
+            };
+            let mut api = sub.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    out_pt,
+                    seq.into(),
+                    ts,
+                    packet.timestamp,
+                    packet.payload.clone(),
+                )
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(c.kind == MediaKind::Video),
+            );
+            c.packets += 1;
+            if !c.started {
+                c.started = true;
+                wants_keyframe = true;
+            }
+            if !self.touched.contains(&c.transport) {
+                self.touched.push(c.transport);
+            }
+        }
+        for id in std::mem::take(&mut self.touched) {
+            if let Some(t) = self.transports.get_mut(&id) {
+                t.drive(&mut self.sink);
+            }
+        }
+        if wants_keyframe {
+            self.request_keyframe(pid);
+        }
+    }
+
+    fn remove_producer(&mut self, id: ProducerId) {
+        let Some(p) = self.producers.remove(&id) else {
+            return;
+        };
+        self.producer_by_mid.remove(&(p.transport, p.mid));
+        for c in p.consumers {
+            self.remove_consumer(c, ConsumerCloseReason::ProducerClosed, true);
+        }
+        self.sink
+            .out
+            .push_back(Output::Event(Event::ProducerClosed { producer: id }));
+    }
+
+    fn remove_consumer(&mut self, id: ConsumerId, reason: ConsumerCloseReason, notify: bool) {
+        let Some(c) = self.consumers.remove(&id) else {
+            return;
+        };
+        if let Some(mid) = c.mid {
+            self.consumer_by_mid.remove(&(c.transport, mid));
+        }
+        if let Some(p) = self.producers.get_mut(&c.producer) {
+            p.consumers.retain(|x| *x != id);
+        }
+        if let Some(t) = self.transports.get_mut(&c.transport) {
+            t.remove_consumer_media(id, c.mid);
+            let assigned = t.offer_if_needed(&mut self.sink);
+            self.assign_mids(c.transport, assigned);
+        }
+        if notify {
+            self.sink
+                .out
+                .push_back(Output::Event(Event::ConsumerClosed {
+                    consumer: id,
+                    reason,
+                }));
+        }
+    }
+
+    /// Drops everything that lived on a transport that is gone.
+    fn forget_transport(&mut self, id: TransportId) {
+        let producers: Vec<ProducerId> = self
+            .producers
+            .values()
+            .filter(|p| p.transport == id)
+            .map(|p| p.id)
+            .collect();
+        for p in producers {
+            self.remove_producer(p);
+        }
+        let consumers: Vec<ConsumerId> = self
+            .consumers
+            .values()
+            .filter(|c| c.transport == id)
+            .map(|c| c.id)
+            .collect();
+        for c in consumers {
+            self.remove_consumer(c, ConsumerCloseReason::TransportClosed, true);
+        }
+        self.process_internal();
+    }
+}
+
+/// The MIME type LiveKit uses in `TrackInfo.mime_type` for a codec.
+fn mime_type(codec: Codec) -> String {
+    let name = match codec {
+        Codec::Opus => "audio/opus",
+        Codec::PCMU => "audio/PCMU",
+        Codec::PCMA => "audio/PCMA",
+        Codec::G722 => "audio/G722",
+        Codec::Vp8 => "video/VP8",
+        Codec::Vp9 => "video/VP9",
+        Codec::H264 => "video/H264",
+        Codec::H265 => "video/H265",
+        Codec::Av1 => "video/AV1",
+        other => return format!("{other:?}").to_lowercase(),
+    };
+    name.to_string()
+}
+
+fn receives(direction: Direction) -> bool {
+    matches!(direction, Direction::RecvOnly | Direction::SendRecv)
 }

@@ -8,12 +8,48 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::rtp::RtpPacket;
 use str0m::{Candidate, IceConnectionState, Input, Rtc};
 use tracing::{debug, trace};
 
 use crate::error::NegotiateError;
 use crate::router::{Event, Output};
-use crate::{SendDataError, TransportId};
+use crate::{ConsumerId, SendDataError, TransportId};
+
+/// What a transport's drive produces: outputs for the router's owner, and events the router
+/// itself acts on (media to forward, keyframe requests, m-lines coming and going).
+#[derive(Default)]
+pub(crate) struct Sink {
+    pub(crate) out: VecDeque<Output>,
+    pub(crate) internal: VecDeque<Internal>,
+}
+
+/// Events the router handles itself.
+// RTP packets are the common case; boxing them would allocate per packet, while the queue's
+// storage is reused, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Internal {
+    MediaAdded {
+        transport: TransportId,
+        mid: Mid,
+        kind: MediaKind,
+        direction: Direction,
+    },
+    MediaChanged {
+        transport: TransportId,
+        mid: Mid,
+        direction: Direction,
+    },
+    Rtp {
+        transport: TransportId,
+        packet: RtpPacket,
+    },
+    KeyframeRequest {
+        transport: TransportId,
+        mid: Mid,
+    },
+}
 
 /// Which way media flows on a transport, seen from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +135,15 @@ const MAX_BUFFERED_DATA: usize = 1024 * 1024;
 enum Change {
     /// The `_reliable` and `_lossy` channels.
     ServerChannels,
+    /// A send-only m-line for a consumer.
+    AddMedia {
+        consumer: ConsumerId,
+        kind: MediaKind,
+        stream_id: String,
+        track_id: String,
+    },
+    /// Stop sending on an m-line (its consumer closed).
+    StopMedia(Mid),
 }
 
 /// One peer connection.
@@ -163,11 +208,39 @@ impl Transport {
         self.changes.push(Change::ServerChannels);
     }
 
+    /// Queues an m-line for a consumer; its mid is known once the offer is made.
+    pub(crate) fn add_consumer_media(
+        &mut self,
+        consumer: ConsumerId,
+        kind: MediaKind,
+        stream_id: String,
+        track_id: String,
+    ) {
+        self.changes.push(Change::AddMedia {
+            consumer,
+            kind,
+            stream_id,
+            track_id,
+        });
+    }
+
+    /// Stops a consumer's m-line, or drops its queued addition if it was never offered.
+    pub(crate) fn remove_consumer_media(&mut self, consumer: ConsumerId, mid: Option<Mid>) {
+        match mid {
+            Some(mid) => self.changes.push(Change::StopMedia(mid)),
+            None => self
+                .changes
+                .retain(|c| !matches!(c, Change::AddMedia { consumer: id, .. } if *id == consumer)),
+        }
+    }
+
     /// Makes an offer from the pending changes unless one is already in flight; changes made
-    /// meanwhile are folded into the offer that follows its answer.
-    pub(crate) fn offer_if_needed(&mut self, out: &mut VecDeque<Output>) {
+    /// meanwhile are folded into the offer that follows its answer. Returns the mids given to
+    /// consumers' new m-lines.
+    pub(crate) fn offer_if_needed(&mut self, sink: &mut Sink) -> Vec<(ConsumerId, Mid)> {
+        let mut assigned = Vec::new();
         if self.pending_offer.is_some() || self.changes.is_empty() {
-            return;
+            return assigned;
         }
         let mut api = self.rtc.sdp_api();
         for change in self.changes.drain(..) {
@@ -188,22 +261,39 @@ impl Transport {
                         });
                     }
                 }
+                Change::AddMedia {
+                    consumer,
+                    kind,
+                    stream_id,
+                    track_id,
+                } => {
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(stream_id),
+                        Some(track_id),
+                        None,
+                    );
+                    assigned.push((consumer, mid));
+                }
+                Change::StopMedia(mid) => api.set_direction(mid, Direction::Inactive),
             }
         }
         if let Some((offer, pending)) = api.apply() {
             self.pending_offer = Some(pending);
-            out.push_back(Output::Event(Event::OfferReady {
+            sink.out.push_back(Output::Event(Event::OfferReady {
                 transport: self.id,
                 sdp: offer.to_sdp_string(),
             }));
         }
-        self.drive(out);
+        self.drive(sink);
+        assigned
     }
 
     pub(crate) fn accept_offer(
         &mut self,
         sdp: &str,
-        out: &mut VecDeque<Output>,
+        sink: &mut Sink,
     ) -> Result<String, NegotiateError> {
         if self.direction != TransportDirection::Publisher {
             return Err(NegotiateError::WrongDirection(self.id));
@@ -215,15 +305,16 @@ impl Transport {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| NegotiateError::Refused(e.to_string()))?;
-        self.drive(out);
+        self.drive(sink);
         Ok(answer.to_sdp_string())
     }
 
+    /// Takes the answer to our offer; returns the mids of a follow-up offer, if one was made.
     pub(crate) fn accept_answer(
         &mut self,
         sdp: &str,
-        out: &mut VecDeque<Output>,
-    ) -> Result<(), NegotiateError> {
+        sink: &mut Sink,
+    ) -> Result<Vec<(ConsumerId, Mid)>, NegotiateError> {
         let answer = SdpAnswer::from_sdp_string(sdp)
             .map_err(|e| NegotiateError::Malformed(e.to_string()))?;
         let pending = self
@@ -231,10 +322,9 @@ impl Transport {
             .take()
             .ok_or(NegotiateError::NoPendingOffer(self.id))?;
         let result = self.rtc.sdp_api().accept_answer(pending, answer);
-        self.drive(out);
+        self.drive(sink);
         result.map_err(|e| NegotiateError::Refused(e.to_string()))?;
-        self.offer_if_needed(out);
-        Ok(())
+        Ok(self.offer_if_needed(sink))
     }
 
     pub(crate) fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), NegotiateError> {
@@ -249,7 +339,7 @@ impl Transport {
         &mut self,
         kind: DataKind,
         data: &[u8],
-        out: &mut VecDeque<Output>,
+        sink: &mut Sink,
     ) -> Result<(), SendDataError> {
         let id = self.channels[kind.index()].ok_or(SendDataError::NotOpen)?;
         let mut channel = self.rtc.channel(id).ok_or(SendDataError::NotOpen)?;
@@ -259,7 +349,7 @@ impl Transport {
         let written = channel
             .write(true, data)
             .map_err(|_| SendDataError::NotOpen)?;
-        self.drive(out);
+        self.drive(sink);
         if written {
             Ok(())
         } else {
@@ -267,24 +357,24 @@ impl Transport {
         }
     }
 
-    pub(crate) fn handle_input(&mut self, input: Input<'_>, out: &mut VecDeque<Output>) {
+    pub(crate) fn handle_input(&mut self, input: Input<'_>, sink: &mut Sink) {
         if let Err(e) = self.rtc.handle_input(input) {
             // A bad datagram is not fatal to the peer; str0m only errors on real breakage.
             debug!(transport = %self.id, "handle_input: {e}");
         }
-        self.drive(out);
+        self.drive(sink);
     }
 
     /// Drains str0m's outputs until its next timeout.
-    pub(crate) fn drive(&mut self, out: &mut VecDeque<Output>) {
+    pub(crate) fn drive(&mut self, sink: &mut Sink) {
         loop {
             match self.rtc.poll_output() {
                 Ok(str0m::Output::Timeout(t)) => {
                     self.next_timeout = Some(t);
                     return;
                 }
-                Ok(str0m::Output::Transmit(t)) => out.push_back(Output::Transmit(t)),
-                Ok(str0m::Output::Event(e)) => self.handle_event(e, out),
+                Ok(str0m::Output::Transmit(t)) => sink.out.push_back(Output::Transmit(t)),
+                Ok(str0m::Output::Event(e)) => self.handle_event(e, sink),
                 Err(e) => {
                     self.closed = Some(CloseReason::Failed(e.to_string()));
                     self.next_timeout = None;
@@ -294,9 +384,30 @@ impl Transport {
         }
     }
 
-    fn handle_event(&mut self, event: str0m::Event, out: &mut VecDeque<Output>) {
+    fn handle_event(&mut self, event: str0m::Event, sink: &mut Sink) {
         let transport = self.id;
+        let out = &mut sink.out;
         match event {
+            str0m::Event::RtpPacket(packet) => {
+                sink.internal.push_back(Internal::Rtp { transport, packet });
+            }
+            str0m::Event::KeyframeRequest(req) => {
+                sink.internal.push_back(Internal::KeyframeRequest {
+                    transport,
+                    mid: req.mid,
+                });
+            }
+            str0m::Event::MediaAdded(m) => sink.internal.push_back(Internal::MediaAdded {
+                transport,
+                mid: m.mid,
+                kind: m.kind,
+                direction: m.direction,
+            }),
+            str0m::Event::MediaChanged(m) => sink.internal.push_back(Internal::MediaChanged {
+                transport,
+                mid: m.mid,
+                direction: m.direction,
+            }),
             str0m::Event::Connected => {
                 self.connected = true;
                 out.push_back(Output::Event(Event::TransportConnected { transport }));

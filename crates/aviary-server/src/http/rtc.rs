@@ -98,18 +98,20 @@ async fn rtc(
         .get("protocol")
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
-    ws.on_upgrade(move |socket| serve_socket(socket, state, claims, client_protocol))
+    let auto_subscribe = params
+        .get("auto_subscribe")
+        .is_none_or(|v| !matches!(v.as_str(), "0" | "false"));
+    let request = JoinRequest {
+        claims,
+        client_protocol,
+        auto_subscribe,
+    };
+    ws.on_upgrade(move |socket| serve_socket(socket, state, request))
 }
 
-async fn serve_socket(socket: WebSocket, state: AppState, claims: Claims, client_protocol: i32) {
+async fn serve_socket(socket: WebSocket, state: AppState, request: JoinRequest) {
     let (mut sink, stream) = socket.split();
-    let joined = match state.manager.join(
-        JoinRequest {
-            claims,
-            client_protocol,
-        },
-        Instant::now(),
-    ) {
+    let joined = match state.manager.join(request, Instant::now()) {
         Ok(j) => j,
         Err(e) => {
             // Lost a race with another join (e.g. the room filled up after the check).

@@ -13,6 +13,9 @@ use super::{DisconnectReason, Participant, Room, SessionMessage, leave_request};
 use crate::auth::{Claims, permission_from_grant};
 use crate::config::{LimitConfig, RoomConfig};
 use crate::guid;
+use crate::worker::{MediaEvent, PeerKey, ProducedMedia, WorkerCommand, WorkerHandle};
+use aviary_sfu::{DataKind, MediaKind};
+use prost::Message as _;
 
 /// The LiveKit protocol version this server speaks.
 pub const PROTOCOL_VERSION: i32 = 16;
@@ -27,6 +30,8 @@ pub struct JoinRequest {
     pub claims: Claims,
     /// `protocol` query parameter.
     pub client_protocol: i32,
+    /// `auto_subscribe` query parameter (default true).
+    pub auto_subscribe: bool,
 }
 
 /// A successful join.
@@ -44,6 +49,8 @@ pub struct Joined {
     pub worker: usize,
     /// Messages the room has for this participant.
     pub rx: mpsc::UnboundedReceiver<SessionMessage>,
+    /// Events from the media worker for this participant.
+    pub media_rx: mpsc::UnboundedReceiver<MediaEvent>,
 }
 
 /// Why a join was refused. The text is what the client is told.
@@ -93,7 +100,7 @@ pub struct RoomManager {
     limits: LimitConfig,
     node_id: String,
     region: String,
-    workers: usize,
+    workers: Vec<WorkerHandle>,
     next_worker: AtomicUsize,
 }
 
@@ -105,17 +112,32 @@ fn unix_now() -> (i64, i64) {
 }
 
 impl RoomManager {
-    /// A manager placing rooms on `workers` media workers.
-    pub fn new(defaults: RoomConfig, limits: LimitConfig, region: String, workers: usize) -> Self {
+    /// A manager placing rooms on these media workers (at least one).
+    pub fn new(
+        defaults: RoomConfig,
+        limits: LimitConfig,
+        region: String,
+        workers: Vec<WorkerHandle>,
+    ) -> Self {
+        assert!(
+            !workers.is_empty(),
+            "a RoomManager needs at least one worker"
+        );
         Self {
             rooms: Mutex::new(HashMap::new()),
             defaults,
             limits,
             node_id: guid::new_id(guid::NODE_PREFIX),
             region,
-            workers: workers.max(1),
+            workers,
             next_worker: AtomicUsize::new(0),
         }
+    }
+
+    /// The worker that owns `room`. Sending under the rooms lock keeps commands for one room
+    /// in the order their causes happened.
+    fn worker(&self, room: &Room) -> &WorkerHandle {
+        &self.workers[room.worker % self.workers.len()]
     }
 
     /// This node's id.
@@ -141,7 +163,7 @@ impl RoomManager {
             enabled_codecs: enabled_codecs(&self.defaults),
             ..Default::default()
         };
-        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers;
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         info!(room = name, sid = info.sid, worker, "room created");
         Room::new(info, now, worker)
     }
@@ -215,7 +237,34 @@ impl RoomManager {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let others = room.others(&info.sid);
-        room.add(Participant::new(info.clone(), tx));
+        let mut participant = Participant::new(info.clone(), tx);
+        participant.auto_subscribe = req.auto_subscribe;
+        room.add(participant);
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let key = PeerKey {
+            room: room.info.sid.clone(),
+            participant: info.sid.clone(),
+        };
+        self.worker(room).send(WorkerCommand::AddPeer {
+            key: key.clone(),
+            identity: info.identity.clone(),
+            can_publish_data: permission.can_publish_data,
+            events: media_tx,
+        });
+        if req.auto_subscribe && permission.can_subscribe {
+            for (track, publisher) in room
+                .participants()
+                .iter()
+                .filter(|p| p.info.sid != info.sid)
+                .flat_map(|p| p.info.tracks.iter().map(move |t| (t, &p.info.sid)))
+            {
+                self.worker(room).send(WorkerCommand::Subscribe {
+                    key: key.clone(),
+                    publisher: publisher.clone(),
+                    track_sid: track.sid.clone(),
+                });
+            }
+        }
         let response = proto::JoinResponse {
             room: Some(room.info.clone()),
             participant: Some(info.clone()),
@@ -251,6 +300,7 @@ impl RoomManager {
             participant_sid: info.sid,
             worker: room.worker,
             rx,
+            media_rx,
         })
     }
 
@@ -270,6 +320,238 @@ impl RoomManager {
         if let Some(r) = rooms.get_mut(room) {
             r.update_participant(sid, |i| {
                 i.state = proto::participant_info::State::Active as i32;
+            });
+        }
+    }
+
+    /// `AddTrackRequest`: checks the grant and returns the track's info (existing for a repeated
+    /// `cid`). The track is announced to others once its media arrives.
+    pub fn add_track(
+        &self,
+        room: &str,
+        sid: &str,
+        req: &proto::AddTrackRequest,
+    ) -> Result<proto::TrackInfo, ServiceError> {
+        let mut rooms = self.lock();
+        let r = rooms
+            .get_mut(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let p = r
+            .by_sid_mut(sid)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(sid.into()))?;
+        let perm = p.permission();
+        if !perm.can_publish {
+            return Err(ServiceError::PermissionDenied("no canPublish grant".into()));
+        }
+        if !perm.can_publish_sources.is_empty() && !perm.can_publish_sources.contains(&req.source) {
+            return Err(ServiceError::PermissionDenied(
+                "source not allowed by canPublishSources".into(),
+            ));
+        }
+        let max = self.limits.num_tracks as usize;
+        if max > 0 && p.info.tracks.len() + p.pending_tracks.len() >= max {
+            return Err(ServiceError::InvalidArgument("track limit reached".into()));
+        }
+        if let Some((_, t)) = p.pending_tracks.iter().find(|(cid, _)| *cid == req.cid) {
+            return Ok(t.clone());
+        }
+        // Deprecated fields (layers, simulcast, stereo, dtx) are still read by older SDKs.
+        #[allow(deprecated)]
+        let info = proto::TrackInfo {
+            sid: guid::new_id(guid::TRACK_PREFIX),
+            r#type: req.r#type,
+            name: req.name.clone(),
+            muted: req.muted,
+            width: req.width,
+            height: req.height,
+            simulcast: req.layers.len() > 1,
+            disable_dtx: req.disable_dtx,
+            source: req.source,
+            layers: req.layers.clone(),
+            stereo: req.stereo,
+            disable_red: req.disable_red,
+            encryption: req.encryption,
+            stream: req.stream.clone(),
+            audio_features: req.audio_features.clone(),
+            backup_codec_policy: req.backup_codec_policy,
+            ..Default::default()
+        };
+        p.pending_tracks.push((req.cid.clone(), info.clone()));
+        Ok(info)
+    }
+
+    /// The worker reports a new stream from a publisher: it becomes the pending track with
+    /// the same `cid` (or the oldest pending track of its kind), everyone is told, and
+    /// auto-subscribers get it.
+    pub fn producer_created(
+        &self,
+        room: &str,
+        sid: &str,
+        media: &ProducedMedia,
+    ) -> Option<proto::TrackInfo> {
+        let ProducedMedia {
+            producer,
+            cid,
+            kind,
+            mid,
+            mime,
+        } = media;
+        let (producer, kind) = (*producer, *kind);
+        let mut rooms = self.lock();
+        let r = rooms.get_mut(room)?;
+        let p = r.by_sid_mut(sid)?;
+        let want = if kind == MediaKind::Audio {
+            proto::TrackType::Audio
+        } else {
+            proto::TrackType::Video
+        } as i32;
+        let idx = p
+            .pending_tracks
+            .iter()
+            .position(|(c, _)| c == cid)
+            .or_else(|| p.pending_tracks.iter().position(|(_, t)| t.r#type == want));
+        let Some(idx) = idx else {
+            debug!(cid, "media for no announced track");
+            return None;
+        };
+        let (_, mut track) = p.pending_tracks.remove(idx);
+        track.mid = mid.to_string();
+        track.mime_type = mime.to_string();
+        let key = PeerKey {
+            room: r.info.sid.clone(),
+            participant: sid.to_string(),
+        };
+        let worker = self.worker(r).clone();
+        worker.send(WorkerCommand::BindTrack {
+            key: key.clone(),
+            producer,
+            track_sid: track.sid.clone(),
+        });
+        r.update_participant(sid, |i| {
+            i.is_publisher = true;
+            i.tracks.push(track.clone());
+        });
+        for sub in r.participants() {
+            let perm = sub.permission();
+            if sub.info.sid != sid && sub.auto_subscribe && perm.can_subscribe {
+                worker.send(WorkerCommand::Subscribe {
+                    key: PeerKey {
+                        room: key.room.clone(),
+                        participant: sub.info.sid.clone(),
+                    },
+                    publisher: sid.to_string(),
+                    track_sid: track.sid.clone(),
+                });
+            }
+        }
+        info!(
+            room,
+            participant = sid,
+            track = track.sid,
+            mime,
+            "track published"
+        );
+        Some(track)
+    }
+
+    /// A track's media ended: it leaves the participant's info and everyone is told.
+    pub fn unpublish_track(&self, room: &str, sid: &str, track_sid: &str) -> bool {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else {
+            return false;
+        };
+        let had = r
+            .by_sid(sid)
+            .is_some_and(|p| p.info.tracks.iter().any(|t| t.sid == track_sid));
+        if had {
+            r.update_participant(sid, |i| i.tracks.retain(|t| t.sid != track_sid));
+        }
+        had
+    }
+
+    /// `MuteTrackRequest` from the publisher.
+    pub fn set_track_muted(&self, room: &str, sid: &str, track_sid: &str, muted: bool) {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else {
+            return;
+        };
+        let known = r
+            .by_sid(sid)
+            .is_some_and(|p| p.info.tracks.iter().any(|t| t.sid == track_sid));
+        if known {
+            r.update_participant(sid, |i| {
+                if let Some(t) = i.tracks.iter_mut().find(|t| t.sid == track_sid) {
+                    t.muted = muted;
+                }
+            });
+        }
+    }
+
+    /// Subscribes or unsubscribes `sid` to tracks (by sid, and by participant's tracks).
+    pub fn set_subscriptions(
+        &self,
+        room: &str,
+        sid: &str,
+        track_sids: &[String],
+        participant_tracks: &[proto::ParticipantTracks],
+        subscribe: bool,
+    ) -> Result<(), ServiceError> {
+        let rooms = self.lock();
+        let r = rooms
+            .get(room)
+            .ok_or_else(|| ServiceError::RoomNotFound(room.into()))?;
+        let p = r
+            .by_sid(sid)
+            .ok_or_else(|| ServiceError::ParticipantNotFound(sid.into()))?;
+        if subscribe && !p.permission().can_subscribe {
+            return Err(ServiceError::PermissionDenied(
+                "no canSubscribe grant".into(),
+            ));
+        }
+        let requested = track_sids.iter().chain(
+            participant_tracks
+                .iter()
+                .flat_map(|pt| pt.track_sids.iter()),
+        );
+        let key = PeerKey {
+            room: r.info.sid.clone(),
+            participant: sid.to_string(),
+        };
+        for track_sid in requested {
+            let (_, publisher) = r
+                .track(track_sid)
+                .ok_or_else(|| ServiceError::TrackNotFound(track_sid.clone()))?;
+            let cmd = if subscribe {
+                WorkerCommand::Subscribe {
+                    key: key.clone(),
+                    publisher: publisher.to_string(),
+                    track_sid: track_sid.clone(),
+                }
+            } else {
+                WorkerCommand::Unsubscribe {
+                    key: key.clone(),
+                    track_sid: track_sid.clone(),
+                }
+            };
+            self.worker(r).send(cmd);
+        }
+        Ok(())
+    }
+
+    /// `UpdateTrackSettings`: `disabled` pauses forwarding of those tracks to `sid`.
+    pub fn update_track_settings(&self, room: &str, sid: &str, req: &proto::UpdateTrackSettings) {
+        let rooms = self.lock();
+        let Some(r) = rooms.get(room) else {
+            return;
+        };
+        for track_sid in &req.track_sids {
+            self.worker(r).send(WorkerCommand::PauseConsumer {
+                key: PeerKey {
+                    room: r.info.sid.clone(),
+                    participant: sid.to_string(),
+                },
+                track_sid: track_sid.clone(),
+                paused: req.disabled,
             });
         }
     }
@@ -468,7 +750,19 @@ impl RoomManager {
                     i.permission = Some(perm.clone());
                 }
             })
-            .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))
+            .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+            if let Some(perm) = &req.permission {
+                self.worker(r).send(WorkerCommand::SetDataPermission {
+                    key: PeerKey {
+                        room: r.info.sid.clone(),
+                        participant: sid,
+                    },
+                    can_publish_data: perm.can_publish_data,
+                });
+            }
+            r.by_identity(&req.identity)
+                .map(|p| p.info.clone())
+                .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))
         })
     }
 
@@ -520,40 +814,61 @@ impl RoomManager {
         })
     }
 
-    /// RoomService.UpdateSubscriptions: validates the participant and the named tracks.
+    /// RoomService.UpdateSubscriptions.
     pub fn update_subscriptions(
         &self,
         req: &proto::UpdateSubscriptionsRequest,
     ) -> Result<(), ServiceError> {
-        self.with_room(&req.room, |r| {
-            r.by_identity(&req.identity)
-                .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
-            let published: Vec<&str> = r
-                .participants()
-                .iter()
-                .flat_map(|p| p.info.tracks.iter().map(|t| t.sid.as_str()))
-                .collect();
-            let requested = req.track_sids.iter().chain(
-                req.participant_tracks
-                    .iter()
-                    .flat_map(|pt| pt.track_sids.iter()),
-            );
-            for sid in requested {
-                if !published.contains(&sid.as_str()) {
-                    return Err(ServiceError::TrackNotFound(sid.clone()));
-                }
-            }
-            Ok(())
-        })
+        let sid = self.get_participant(&req.room, &req.identity)?.sid;
+        self.set_subscriptions(
+            &req.room,
+            &sid,
+            &req.track_sids,
+            &req.participant_tracks,
+            req.subscribe,
+        )
     }
 
-    /// RoomService.SendData: checks the room and the destinations.
+    /// RoomService.SendData: a user packet from the server to the named participants (all
+    /// when none are named).
     pub fn send_data(&self, req: &proto::SendDataRequest) -> Result<(), ServiceError> {
         self.with_room(&req.room, |r| {
+            let mut to = Vec::new();
             for identity in &req.destination_identities {
-                r.by_identity(identity)
+                let p = r
+                    .by_identity(identity)
                     .ok_or_else(|| ServiceError::ParticipantNotFound(identity.clone()))?;
+                to.push(p.info.sid.clone());
             }
+            #[allow(deprecated)]
+            for sid in &req.destination_sids {
+                r.by_sid(sid)
+                    .ok_or_else(|| ServiceError::ParticipantNotFound(sid.clone()))?;
+                to.push(sid.clone());
+            }
+            let kind = if req.kind == proto::data_packet::Kind::Lossy as i32 {
+                DataKind::Lossy
+            } else {
+                DataKind::Reliable
+            };
+            #[allow(deprecated)]
+            let packet = proto::DataPacket {
+                kind: req.kind,
+                destination_identities: req.destination_identities.clone(),
+                value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                    payload: req.data.clone(),
+                    topic: req.topic.clone(),
+                    destination_identities: req.destination_identities.clone(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            self.worker(r).send(WorkerCommand::SendData {
+                room: r.info.sid.clone(),
+                packet: packet.encode_to_vec(),
+                kind,
+                to,
+            });
             Ok(())
         })
     }
@@ -644,7 +959,8 @@ mod tests {
     use crate::auth::VideoGrants;
 
     fn manager(cfg: RoomConfig) -> RoomManager {
-        RoomManager::new(cfg, LimitConfig::default(), String::new(), 2)
+        let workers = (0..2).map(|_| WorkerHandle::detached().0).collect();
+        RoomManager::new(cfg, LimitConfig::default(), String::new(), workers)
     }
 
     fn claims(identity: &str, room: &str) -> Claims {
@@ -664,6 +980,7 @@ mod tests {
             JoinRequest {
                 claims: claims(identity, room),
                 client_protocol: 16,
+                auto_subscribe: true,
             },
             Instant::now(),
         )

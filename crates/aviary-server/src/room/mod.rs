@@ -59,6 +59,22 @@ impl Room {
         self.participants.iter().find(|p| p.info.sid == sid)
     }
 
+    /// The participant with this sid, to change fields that are not broadcast.
+    pub fn by_sid_mut(&mut self, sid: &str) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| p.info.sid == sid)
+    }
+
+    /// The published track with this sid and the sid of its publisher.
+    pub fn track(&self, track_sid: &str) -> Option<(&proto::TrackInfo, &str)> {
+        self.participants.iter().find_map(|p| {
+            p.info
+                .tracks
+                .iter()
+                .find(|t| t.sid == track_sid)
+                .map(|t| (t, p.info.sid.as_str()))
+        })
+    }
+
     /// Number of participants that count toward `max_participants`.
     pub fn visible_count(&self) -> usize {
         self.participants.iter().filter(|p| !p.hidden()).count()

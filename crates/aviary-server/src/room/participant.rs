@@ -25,15 +25,29 @@ impl SessionMessage {
 /// One participant in a room.
 #[derive(Debug)]
 pub struct Participant {
-    /// What everyone sees (sid, identity, metadata, permission, version, ...).
+    /// What everyone sees (sid, identity, metadata, permission, version, published tracks).
     pub info: proto::ParticipantInfo,
+    /// Tracks announced with `AddTrackRequest` whose media has not arrived yet, by `cid`.
+    pub pending_tracks: Vec<(String, proto::TrackInfo)>,
+    /// Subscribe to every track published in the room.
+    pub auto_subscribe: bool,
     tx: mpsc::UnboundedSender<SessionMessage>,
 }
 
 impl Participant {
     /// A participant whose session listens on `tx`.
     pub fn new(info: proto::ParticipantInfo, tx: mpsc::UnboundedSender<SessionMessage>) -> Self {
-        Self { info, tx }
+        Self {
+            info,
+            pending_tracks: Vec::new(),
+            auto_subscribe: true,
+            tx,
+        }
+    }
+
+    /// The permission it has now.
+    pub fn permission(&self) -> proto::ParticipantPermission {
+        self.info.permission.clone().unwrap_or_default()
     }
 
     /// Hidden participants (recorders, agents that asked for it) are not shown to others.

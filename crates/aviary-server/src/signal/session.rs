@@ -9,7 +9,6 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use livekit_protocol as proto;
 use livekit_protocol::signal_request::Message as Req;
 use livekit_protocol::signal_response::Message as Resp;
-use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::codec::{Frame, decode_request, encode_response};
@@ -73,6 +72,7 @@ where
         room_sid,
         participant_sid,
         mut rx,
+        mut media_rx,
         ..
     } = joined;
     let ping_timeout = Duration::from_secs(response.ping_timeout.max(1) as u64);
@@ -97,11 +97,6 @@ where
         s.cleanup(End::Client);
         return;
     }
-    let (media_tx, mut media_rx) = mpsc::unbounded_channel();
-    s.ctx.worker.send(WorkerCommand::AddPeer {
-        key: s.key.clone(),
-        events: media_tx,
-    });
     let mut ticker = tokio::time::interval(ping_timeout / 3);
     let end = loop {
         tokio::select! {
@@ -260,6 +255,43 @@ impl Session {
                     })));
                 }
             }
+            Req::AddTrack(req) => {
+                match self
+                    .ctx
+                    .manager
+                    .add_track(&self.room_name, &self.key.participant, &req)
+                {
+                    Ok(track) => replies.push(response(Resp::TrackPublished(
+                        proto::TrackPublishedResponse {
+                            cid: req.cid,
+                            track: Some(track),
+                        },
+                    ))),
+                    Err(e) => warn!(cid = req.cid, "track refused: {e}"),
+                }
+            }
+            Req::Mute(m) => self.ctx.manager.set_track_muted(
+                &self.room_name,
+                &self.key.participant,
+                &m.sid,
+                m.muted,
+            ),
+            Req::Subscription(sub) => {
+                if let Err(e) = self.ctx.manager.set_subscriptions(
+                    &self.room_name,
+                    &self.key.participant,
+                    &sub.track_sids,
+                    &sub.participant_tracks,
+                    sub.subscribe,
+                ) {
+                    debug!("subscription change refused: {e}");
+                }
+            }
+            Req::TrackSetting(settings) => self.ctx.manager.update_track_settings(
+                &self.room_name,
+                &self.key.participant,
+                &settings,
+            ),
             other => debug!(?other, "request not handled yet"),
         }
         (replies, false)
@@ -298,6 +330,24 @@ impl Session {
             MediaEvent::Closed(direction) => {
                 warn!(?direction, "media connection closed");
                 None
+            }
+            MediaEvent::ProducerCreated(media) => {
+                self.ctx
+                    .manager
+                    .producer_created(&self.room_name, &self.key.participant, &media);
+                None
+            }
+            MediaEvent::TrackEnded { track_sid } => {
+                let had = self.ctx.manager.unpublish_track(
+                    &self.room_name,
+                    &self.key.participant,
+                    &track_sid,
+                );
+                had.then(|| {
+                    response(Resp::TrackUnpublished(proto::TrackUnpublishedResponse {
+                        track_sid,
+                    }))
+                })
             }
             MediaEvent::NegotiationFailed(direction, reason) => {
                 warn!(?direction, reason, "negotiation failed");

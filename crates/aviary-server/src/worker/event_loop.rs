@@ -9,14 +9,16 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aviary_sfu::{
-    DtlsCert, Event, Output, Protocol, Receive, Router, RouterConfig, TransportDirection,
-    TransportId, TransportOptions, demux,
+    ConsumerId, ConsumerOptions, DataKind, DtlsCert, Event, Output, ProducerId, Protocol, Receive,
+    Router, RouterConfig, TransportDirection, TransportId, TransportOptions, demux,
 };
+use livekit_protocol as proto;
 use mio::{Events, Interest, Poll, Token, Waker};
+use prost::Message as _;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, trace, warn};
 
-use super::{MediaEvent, PeerKey, WorkerCommand};
+use super::{MediaEvent, PeerKey, ProducedMedia, WorkerCommand};
 use crate::guid::random_string;
 
 const SOCKET: Token = Token(0);
@@ -30,6 +32,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 type RoomIdx = u32;
 
 struct Peer {
+    identity: String,
+    can_publish_data: bool,
     subscriber: Option<TransportId>,
     publisher: Option<TransportId>,
     events: UnboundedSender<MediaEvent>,
@@ -46,6 +50,14 @@ struct RoomMedia {
     router: Router,
     peers: HashMap<String, Peer>,
     transports: HashMap<TransportId, TransportEntry>,
+    /// Track sid → its producer and publisher's participant sid.
+    tracks: HashMap<String, (ProducerId, String)>,
+    /// Producer → track sid, for producers bound to a track.
+    producer_tracks: HashMap<ProducerId, String>,
+    /// (subscriber sid, track sid) → consumer.
+    consumers: HashMap<(String, String), ConsumerId>,
+    /// Lossy data messages dropped because a receiver's buffer was full.
+    dropped_lossy: u64,
     next_timeout: Instant,
 }
 
@@ -210,7 +222,82 @@ impl Worker {
 
     fn handle_command(&mut self, cmd: WorkerCommand) {
         match cmd {
-            WorkerCommand::AddPeer { key, events } => self.add_peer(key, events),
+            WorkerCommand::AddPeer {
+                key,
+                identity,
+                can_publish_data,
+                events,
+            } => self.add_peer(key, identity, can_publish_data, events),
+            WorkerCommand::BindTrack {
+                key,
+                producer,
+                track_sid,
+            } => {
+                if let Some(room) = self.room_mut(&key.room) {
+                    room.tracks
+                        .insert(track_sid.clone(), (producer, key.participant));
+                    room.producer_tracks.insert(producer, track_sid);
+                }
+            }
+            WorkerCommand::Subscribe {
+                key,
+                publisher,
+                track_sid,
+            } => self.subscribe(key, publisher, track_sid),
+            WorkerCommand::Unsubscribe { key, track_sid } => {
+                let Some(&idx) = self.room_idx.get(&key.room) else {
+                    return;
+                };
+                self.with_room(idx, |room| {
+                    if let Some(c) = room.consumers.remove(&(key.participant.clone(), track_sid)) {
+                        let _ = room.router.close_consumer(c);
+                    }
+                });
+            }
+            WorkerCommand::PauseConsumer {
+                key,
+                track_sid,
+                paused,
+            } => {
+                let Some(&idx) = self.room_idx.get(&key.room) else {
+                    return;
+                };
+                self.with_room(idx, |room| {
+                    if let Some(c) = room.consumers.get(&(key.participant.clone(), track_sid)) {
+                        let _ = room.router.pause_consumer(*c, paused);
+                    }
+                });
+            }
+            WorkerCommand::SendData {
+                room,
+                packet,
+                kind,
+                to,
+            } => {
+                let Some(&idx) = self.room_idx.get(&room) else {
+                    return;
+                };
+                self.with_room(idx, |room| {
+                    let targets: Vec<TransportId> = room
+                        .peers
+                        .iter()
+                        .filter(|(sid, _)| to.is_empty() || to.contains(sid))
+                        .filter_map(|(_, p)| p.subscriber)
+                        .collect();
+                    deliver(room, &targets, kind, &packet);
+                });
+            }
+            WorkerCommand::SetDataPermission {
+                key,
+                can_publish_data,
+            } => {
+                if let Some(peer) = self
+                    .room_mut(&key.room)
+                    .and_then(|r| r.peers.get_mut(&key.participant))
+                {
+                    peer.can_publish_data = can_publish_data;
+                }
+            }
             WorkerCommand::PublisherOffer { key, sdp } => self.publisher_offer(key, sdp),
             WorkerCommand::SubscriberAnswer { key, sdp } => {
                 let Some((idx, tid)) = self.transport_of(&key, TransportDirection::Subscriber)
@@ -263,6 +350,10 @@ impl Worker {
                 router: Router::new(config, now),
                 peers: HashMap::new(),
                 transports: HashMap::new(),
+                tracks: HashMap::new(),
+                producer_tracks: HashMap::new(),
+                consumers: HashMap::new(),
+                dropped_lossy: 0,
                 next_timeout: now,
             },
         );
@@ -296,7 +387,51 @@ impl Worker {
         Some(tid)
     }
 
-    fn add_peer(&mut self, key: PeerKey, events: UnboundedSender<MediaEvent>) {
+    fn room_mut(&mut self, sid: &str) -> Option<&mut RoomMedia> {
+        let idx = self.room_idx.get(sid)?;
+        self.rooms.get_mut(idx)
+    }
+
+    fn subscribe(&mut self, key: PeerKey, publisher: String, track_sid: String) {
+        let Some(&idx) = self.room_idx.get(&key.room) else {
+            return;
+        };
+        self.with_room(idx, |room| {
+            let slot = (key.participant.clone(), track_sid.clone());
+            if room.consumers.contains_key(&slot) {
+                return;
+            }
+            let Some(&(producer, _)) = room.tracks.get(&track_sid) else {
+                debug!(track = track_sid, "subscribe to an unbound track");
+                return;
+            };
+            let Some(transport) = room.peers.get(&key.participant).and_then(|p| p.subscriber)
+            else {
+                return;
+            };
+            // LiveKit clients find the track by this msid: stream `PA_x|TR_y`, track `TR_y`.
+            let options = ConsumerOptions::new(
+                producer,
+                transport,
+                format!("{publisher}|{track_sid}"),
+                track_sid.clone(),
+            );
+            match room.router.consume(options) {
+                Ok(c) => {
+                    room.consumers.insert(slot, c);
+                }
+                Err(e) => debug!(track = track_sid, "consume failed: {e}"),
+            }
+        });
+    }
+
+    fn add_peer(
+        &mut self,
+        key: PeerKey,
+        identity: String,
+        can_publish_data: bool,
+        events: UnboundedSender<MediaEvent>,
+    ) {
         let idx = self.room_for(&key.room);
         if self
             .rooms
@@ -310,6 +445,8 @@ impl Worker {
             room.peers.insert(
                 key.participant.clone(),
                 Peer {
+                    identity,
+                    can_publish_data,
                     subscriber: None,
                     publisher: None,
                     events,
@@ -372,6 +509,7 @@ impl Worker {
         let Some(peer) = room.peers.remove(&key.participant) else {
             return;
         };
+        room.consumers.retain(|(sub, _), _| *sub != key.participant);
         for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
             if let Some(entry) = room.transports.remove(&tid) {
                 self.demux.forget(idx, tid, &entry.ufrag);
@@ -493,10 +631,95 @@ fn handle_event(idx: RoomIdx, room: &mut RoomMedia, demux: &mut Demux, event: Ev
             debug!(room = room.sid, %transport, ?kind, "data channel open");
         }
         Event::DataReceived {
-            transport, kind, ..
-        } => {
-            trace!(room = room.sid, %transport, ?kind, "data received");
+            transport,
+            kind,
+            data,
+        } => relay_data(room, transport, kind, &data),
+        Event::ProducerCreated {
+            producer,
+            transport,
+            kind,
+            track_id,
+            mid,
+            mime,
+        } => room.notify(transport, |_| {
+            MediaEvent::ProducerCreated(ProducedMedia {
+                producer,
+                cid: track_id,
+                kind,
+                mid: mid.to_string(),
+                mime,
+            })
+        }),
+        Event::ProducerClosed { producer } => {
+            if let Some(track_sid) = room.producer_tracks.remove(&producer) {
+                room.consumers.retain(|(_, t), _| *t != track_sid);
+                if let Some((_, publisher)) = room.tracks.remove(&track_sid)
+                    && let Some(peer) = room.peers.get(&publisher)
+                {
+                    let _ = peer.events.send(MediaEvent::TrackEnded { track_sid });
+                }
+            }
+        }
+        Event::ConsumerClosed { consumer, .. } => {
+            room.consumers.retain(|_, c| *c != consumer);
         }
         other => trace!(?other, "unhandled router event"),
+    }
+}
+
+/// A data packet from a publisher: stamped with the sender and relayed to its destinations
+/// (everyone else when it names none) on the same kind of channel.
+fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u8]) {
+    let Some(sender_sid) = room.transports.get(&from).map(|e| e.participant.clone()) else {
+        return;
+    };
+    let Some(sender) = room.peers.get(&sender_sid) else {
+        return;
+    };
+    if !sender.can_publish_data {
+        trace!(participant = sender_sid, "data dropped: no canPublishData");
+        return;
+    }
+    let Ok(mut packet) = proto::DataPacket::decode(data) else {
+        trace!(participant = sender_sid, "undecodable data packet");
+        return;
+    };
+    packet.participant_identity = sender.identity.clone();
+    let mut identities = std::mem::take(&mut packet.destination_identities);
+    let mut sids = Vec::new();
+    // The deprecated per-packet fields are still read by older clients, so they are filled.
+    #[allow(deprecated)]
+    {
+        packet.participant_sid = sender_sid.clone();
+        if let Some(proto::data_packet::Value::User(user)) = &mut packet.value {
+            user.participant_identity = sender.identity.clone();
+            user.participant_sid = sender_sid.clone();
+            identities.extend(user.destination_identities.iter().cloned());
+            sids.extend(user.destination_sids.iter().cloned());
+        }
+    }
+    let targets: Vec<TransportId> = room
+        .peers
+        .iter()
+        .filter(|(sid, _)| **sid != sender_sid)
+        .filter(|(sid, p)| {
+            (identities.is_empty() && sids.is_empty())
+                || identities.contains(&p.identity)
+                || sids.contains(sid)
+        })
+        .filter_map(|(_, p)| p.subscriber)
+        .collect();
+    deliver(room, &targets, kind, &packet.encode_to_vec());
+}
+
+fn deliver(room: &mut RoomMedia, targets: &[TransportId], kind: DataKind, bytes: &[u8]) {
+    for t in targets {
+        if let Err(e) = room.router.send_data(*t, kind, bytes) {
+            if kind == DataKind::Lossy {
+                room.dropped_lossy += 1;
+            }
+            trace!(transport = %t, "data not delivered: {e}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use aviary_sfu::TransportDirection;
+use aviary_sfu::{DataKind, MediaKind, ProducerId, TransportDirection};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Which participant of which room a command is about.
@@ -28,8 +28,64 @@ pub enum WorkerCommand {
     AddPeer {
         /// Who.
         key: PeerKey,
+        /// Its identity (data packets are addressed by it and carry it).
+        identity: String,
+        /// Whether its data packets are relayed.
+        can_publish_data: bool,
         /// Where this peer's events go.
         events: UnboundedSender<MediaEvent>,
+    },
+    /// A producer of this peer is the LiveKit track `track_sid`.
+    BindTrack {
+        /// The publisher.
+        key: PeerKey,
+        /// The producer the worker reported.
+        producer: ProducerId,
+        /// The track's sid.
+        track_sid: String,
+    },
+    /// Forward a track to this peer.
+    Subscribe {
+        /// The subscriber.
+        key: PeerKey,
+        /// The publisher's participant sid (for the msid stream id).
+        publisher: String,
+        /// Which track.
+        track_sid: String,
+    },
+    /// Stop forwarding a track to this peer.
+    Unsubscribe {
+        /// The subscriber.
+        key: PeerKey,
+        /// Which track.
+        track_sid: String,
+    },
+    /// Pause or resume forwarding a track to this peer.
+    PauseConsumer {
+        /// The subscriber.
+        key: PeerKey,
+        /// Which track.
+        track_sid: String,
+        /// Paused or not.
+        paused: bool,
+    },
+    /// Sends an encoded `DataPacket` to participants of a room.
+    SendData {
+        /// Room sid.
+        room: String,
+        /// The encoded packet.
+        packet: Vec<u8>,
+        /// Channel.
+        kind: DataKind,
+        /// Participant sids; empty means everyone.
+        to: Vec<String>,
+    },
+    /// Changes whether a peer's data packets are relayed.
+    SetDataPermission {
+        /// Who.
+        key: PeerKey,
+        /// Allowed or not.
+        can_publish_data: bool,
     },
     /// The client's offer for its publisher connection.
     PublisherOffer {
@@ -76,6 +132,28 @@ pub enum MediaEvent {
     Closed(TransportDirection),
     /// A negotiation step on that connection was refused; the text says why.
     NegotiationFailed(TransportDirection, String),
+    /// The publisher's offer added a stream; the session binds it to a track.
+    ProducerCreated(ProducedMedia),
+    /// A bound track's media ended (unpublished by renegotiation).
+    TrackEnded {
+        /// The track's sid.
+        track_sid: String,
+    },
+}
+
+/// A stream a publisher started sending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducedMedia {
+    /// The producer.
+    pub producer: ProducerId,
+    /// The msid track id (the client's `cid`).
+    pub cid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Its mid.
+    pub mid: String,
+    /// Negotiated codec's MIME type.
+    pub mime: String,
 }
 
 /// Settings shared by every worker.
@@ -95,7 +173,7 @@ pub struct WorkerConfig {
 #[derive(Clone)]
 pub struct WorkerHandle {
     tx: mpsc::Sender<WorkerCommand>,
-    waker: Arc<mio::Waker>,
+    waker: Option<Arc<mio::Waker>>,
     /// The worker's UDP address (as bound).
     pub udp_addr: SocketAddr,
 }
@@ -103,9 +181,22 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// Queues a command and wakes the worker.
     pub fn send(&self, cmd: WorkerCommand) {
-        if self.tx.send(cmd).is_ok() {
-            let _ = self.waker.wake();
+        if self.tx.send(cmd).is_ok()
+            && let Some(w) = &self.waker
+        {
+            let _ = w.wake();
         }
+    }
+
+    /// A handle with no thread behind it: commands pile up in the returned receiver (tests).
+    pub fn detached() -> (Self, mpsc::Receiver<WorkerCommand>) {
+        let (tx, rx) = mpsc::channel();
+        let handle = Self {
+            tx,
+            waker: None,
+            udp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        (handle, rx)
     }
 }
 
@@ -146,7 +237,7 @@ impl WorkerPool {
                 .spawn(move || worker.run())?;
             handles.push(WorkerHandle {
                 tx,
-                waker,
+                waker: Some(waker),
                 udp_addr,
             });
             threads.push(thread);
@@ -157,6 +248,11 @@ impl WorkerPool {
     /// The worker with this index.
     pub fn get(&self, index: usize) -> &WorkerHandle {
         &self.handles[index % self.handles.len()]
+    }
+
+    /// Handles to every worker, by index.
+    pub fn handles(&self) -> Vec<WorkerHandle> {
+        self.handles.clone()
     }
 
     /// Number of workers.

@@ -1,0 +1,104 @@
+//! A consumer: one producer forwarded to one subscriber transport, with its own SSRC (str0m's
+//! send stream for its m-line) and its own sequence/timestamp space.
+
+use std::collections::HashMap;
+
+use str0m::media::{MediaKind, Mid, Pt};
+
+use crate::rewrite::Rewriter;
+use crate::{ConsumerId, ProducerId, TransportId};
+
+/// Arguments for [`crate::Router::consume`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// What to forward.
+    pub producer: ProducerId,
+    /// The subscriber transport to forward to.
+    pub transport: TransportId,
+    /// The msid stream id the subscriber sees (LiveKit: `PA_publisher|TR_track`).
+    pub stream_id: String,
+    /// The msid track id the subscriber sees (LiveKit: the track sid).
+    pub track_id: String,
+    /// Start paused (no packets until [`crate::Router::pause_consumer`] resumes it).
+    pub paused: bool,
+}
+
+impl ConsumerOptions {
+    /// Options with every required argument; `paused` defaults to false.
+    pub fn new(
+        producer: ProducerId,
+        transport: TransportId,
+        stream_id: String,
+        track_id: String,
+    ) -> Self {
+        Self {
+            producer,
+            transport,
+            stream_id,
+            track_id,
+            paused: false,
+        }
+    }
+}
+
+/// Why a consumer closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerCloseReason {
+    /// The owner closed it.
+    Local,
+    /// Its producer went away.
+    ProducerClosed,
+    /// Its transport went away.
+    TransportClosed,
+}
+
+/// One forwarded stream.
+#[derive(Debug)]
+pub struct Consumer {
+    pub(crate) id: ConsumerId,
+    pub(crate) producer: ProducerId,
+    pub(crate) transport: TransportId,
+    pub(crate) kind: MediaKind,
+    /// Set once the m-line exists in an offer.
+    pub(crate) mid: Option<Mid>,
+    pub(crate) paused: bool,
+    /// Whether the first packet since start/resume has gone out (a keyframe is requested then).
+    pub(crate) started: bool,
+    pub(crate) rewriter: Rewriter,
+    /// Publisher payload type → subscriber payload type (`None`: the subscriber lacks the codec).
+    pub(crate) pt_map: HashMap<Pt, Option<Pt>>,
+    pub(crate) packets: u64,
+}
+
+impl Consumer {
+    /// This consumer's id.
+    pub fn id(&self) -> ConsumerId {
+        self.id
+    }
+
+    /// What it forwards.
+    pub fn producer(&self) -> ProducerId {
+        self.producer
+    }
+
+    /// Where it forwards to.
+    pub fn transport(&self) -> TransportId {
+        self.transport
+    }
+
+    /// Its m-line in the subscriber session, once offered.
+    pub fn mid(&self) -> Option<Mid> {
+        self.mid
+    }
+
+    /// Whether forwarding is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// RTP packets forwarded.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+}
