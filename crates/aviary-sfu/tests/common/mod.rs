@@ -1,0 +1,429 @@
+//! A simulated network for router tests: str0m clients and one `Router`, wired in memory,
+//! on a simulated clock. Nothing here opens a socket or sleeps.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aviary_sfu::{
+    Event, Output, Protocol, Receive, Router, RouterConfig, TransportDirection, TransportId,
+    TransportOptions,
+};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::{Candidate, Rtc};
+
+/// One-way latency of every simulated link.
+pub const LATENCY: Duration = Duration::from_millis(5);
+
+/// A small seeded generator, so loss patterns repeat run to run.
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(6364136223846793005).wrapping_add(1))
+    }
+
+    /// A value in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A simulated client: a str0m `Rtc` (RTP mode, full ICE) at its own address.
+pub struct Client {
+    pub name: String,
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub transport: TransportId,
+    pub events: Vec<str0m::Event>,
+    next_timeout: Instant,
+    /// Probability that a packet from the router to this client is lost.
+    pub loss_in: f64,
+    /// Probability that a packet from this client to the router is lost.
+    pub loss_out: f64,
+    /// Packets the simulated network dropped on the way in / out.
+    pub dropped_in: usize,
+    pub dropped_out: usize,
+}
+
+impl Client {
+    /// Every RTP packet this client received.
+    pub fn rtp(&self) -> Vec<&RtpPacket> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                str0m::Event::RtpPacket(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Keyframe requests this client received (as a publisher).
+    pub fn keyframe_requests(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, str0m::Event::KeyframeRequest(_)))
+            .count()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, str0m::Event::Connected))
+    }
+}
+
+struct Datagram {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// The router, its clients and the wires between them.
+pub struct Sim {
+    pub now: Instant,
+    pub router: Router,
+    pub router_events: Vec<Event>,
+    router_timeout: Instant,
+    server: SocketAddr,
+    pub clients: Vec<Client>,
+    by_addr: HashMap<SocketAddr, usize>,
+    wire: VecDeque<Datagram>,
+    rng: Lcg,
+    ufrag_seq: u32,
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Self {
+        let now = Instant::now();
+        let server: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let config = RouterConfig {
+            dtls_cert: None,
+            candidates: vec![(server, Protocol::Udp)],
+        };
+        Self {
+            now,
+            router: Router::new(config, now),
+            router_events: Vec::new(),
+            router_timeout: now,
+            server,
+            clients: Vec::new(),
+            by_addr: HashMap::new(),
+            wire: VecDeque::new(),
+            rng: Lcg::new(seed),
+            ufrag_seq: 0,
+        }
+    }
+
+    fn new_client(&mut self, name: &str, direction: TransportDirection) -> usize {
+        self.ufrag_seq += 1;
+        let options = TransportOptions::new(
+            direction,
+            format!("ufrag{}", self.ufrag_seq),
+            format!("password-password-{:06}", self.ufrag_seq),
+        );
+        let transport = self.router.create_transport(options);
+        let idx = self.clients.len();
+        let addr: SocketAddr = format!("10.0.1.{}:6000", idx + 1).parse().unwrap();
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        self.clients.push(Client {
+            name: name.to_string(),
+            rtc,
+            addr,
+            transport,
+            events: Vec::new(),
+            next_timeout: self.now,
+            loss_in: 0.0,
+            loss_out: 0.0,
+            dropped_in: 0,
+            dropped_out: 0,
+        });
+        self.by_addr.insert(addr, idx);
+        idx
+    }
+
+    /// A subscriber client: the router's offer is answered and ICE/DTLS run until connected.
+    pub fn join_subscriber(&mut self, name: &str) -> usize {
+        let idx = self.new_client(name, TransportDirection::Subscriber);
+        self.drain_router();
+        self.answer_pending_offers();
+        self.run_until(Duration::from_secs(5), |s| s.clients[idx].connected());
+        assert!(self.clients[idx].connected(), "{name} did not connect");
+        idx
+    }
+
+    /// A publisher client sending the given kinds; returns its index and mids.
+    pub fn join_publisher(&mut self, name: &str, kinds: &[MediaKind]) -> (usize, Vec<Mid>) {
+        let idx = self.new_client(name, TransportDirection::Publisher);
+        let mut api = self.clients[idx].rtc.sdp_api();
+        let mids: Vec<Mid> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                api.add_media(
+                    *kind,
+                    Direction::SendOnly,
+                    Some(format!("{name}-stream")),
+                    Some(format!("{name}-track{i}")),
+                    None,
+                )
+            })
+            .collect();
+        let (offer, pending) = api.apply().expect("an offer");
+        let answer = self
+            .router
+            .accept_offer(self.clients[idx].transport, &offer.to_sdp_string())
+            .expect("router answers");
+        let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+        self.clients[idx]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .unwrap();
+        self.drain_router();
+        self.run_until(Duration::from_secs(5), |s| s.clients[idx].connected());
+        assert!(self.clients[idx].connected(), "{name} did not connect");
+        (idx, mids)
+    }
+
+    /// Answers every `OfferReady` the router produced for our clients.
+    pub fn answer_pending_offers(&mut self) {
+        let offers: Vec<(TransportId, String)> = self
+            .router_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OfferReady { transport, sdp } => Some((*transport, sdp.clone())),
+                _ => None,
+            })
+            .collect();
+        self.router_events
+            .retain(|e| !matches!(e, Event::OfferReady { .. }));
+        for (transport, sdp) in offers {
+            let Some(idx) = self.clients.iter().position(|c| c.transport == transport) else {
+                continue;
+            };
+            let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+            let answer = self.clients[idx].rtc.sdp_api().accept_offer(offer).unwrap();
+            self.router
+                .accept_answer(transport, &answer.to_sdp_string())
+                .unwrap();
+            self.drain_router();
+        }
+    }
+
+    /// Writes one RTP packet from a publisher client on `mid`.
+    pub fn send_rtp(&mut self, idx: usize, mid: Mid, seq: u64, ts: u32, payload: &[u8]) {
+        let now = self.now;
+        let c = &mut self.clients[idx];
+        let kind = c.rtc.media(mid).unwrap().kind();
+        let codec = if kind == MediaKind::Audio {
+            Codec::Opus
+        } else {
+            Codec::Vp8
+        };
+        let pt = c
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == codec)
+            .unwrap()
+            .pt();
+        let mut api = c.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("send stream");
+        tx.write_rtp(
+            RtpWrite::new(pt, seq.into(), ts, now, payload.to_vec())
+                .marker(true)
+                .nackable(true),
+        );
+        self.drain_client(idx);
+    }
+
+    fn drain_router(&mut self) {
+        loop {
+            match self.router.poll_output() {
+                Output::Transmit(t) => {
+                    let target = self.by_addr.get(&t.destination).copied();
+                    let lost =
+                        target.is_some_and(|i| self.rng.next_f64() < self.clients[i].loss_in);
+                    if let (true, Some(i)) = (lost, target) {
+                        self.clients[i].dropped_in += 1;
+                    } else {
+                        self.wire.push_back(Datagram {
+                            at: self.now + LATENCY,
+                            from: t.source,
+                            to: t.destination,
+                            data: t.contents.to_vec(),
+                        });
+                    }
+                }
+                Output::Event(e) => self.router_events.push(e),
+                Output::Timeout(t) => {
+                    self.router_timeout = t;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_client(&mut self, idx: usize) {
+        loop {
+            let c = &mut self.clients[idx];
+            match c.rtc.poll_output().expect("client poll") {
+                str0m::Output::Transmit(t) => {
+                    if self.rng.next_f64() < self.clients[idx].loss_out {
+                        self.clients[idx].dropped_out += 1;
+                        continue;
+                    }
+                    self.wire.push_back(Datagram {
+                        at: self.now + LATENCY,
+                        from: t.source,
+                        to: t.destination,
+                        data: t.contents.to_vec(),
+                    });
+                }
+                str0m::Output::Event(e) => c.events.push(e),
+                str0m::Output::Timeout(t) => {
+                    c.next_timeout = t;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Advances to the next deadline or delivery and handles it.
+    pub fn step(&mut self) {
+        let next_wire = self.wire.iter().map(|d| d.at).min();
+        let next_client = self.clients.iter().map(|c| c.next_timeout).min();
+        let next = [Some(self.router_timeout), next_wire, next_client]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
+        // Time never goes backwards, and always moves a little so loops make progress.
+        self.now = next.max(self.now + Duration::from_micros(100));
+        let now = self.now;
+        let due: Vec<Datagram> = {
+            let (due, keep): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|d| d.at <= now);
+            self.wire = keep.into();
+            due
+        };
+        for d in due {
+            if d.to == self.server {
+                if let Some(&idx) = self.by_addr.get(&d.from) {
+                    let transport = self.clients[idx].transport;
+                    if let Ok(r) = Receive::new(Protocol::Udp, d.from, d.to, &d.data) {
+                        let _ = self.router.handle_receive(now, transport, r);
+                    }
+                    self.drain_router();
+                }
+            } else if let Some(&idx) = self.by_addr.get(&d.to) {
+                if let Ok(r) = Receive::new(Protocol::Udp, d.from, d.to, &d.data) {
+                    let _ = self.clients[idx]
+                        .rtc
+                        .handle_input(str0m::Input::Receive(now, r));
+                }
+                self.drain_client(idx);
+            }
+        }
+        if self.router_timeout <= now {
+            self.router.handle_timeout(now);
+            self.drain_router();
+        }
+        for idx in 0..self.clients.len() {
+            if self.clients[idx].next_timeout <= now {
+                let _ = self.clients[idx]
+                    .rtc
+                    .handle_input(str0m::Input::Timeout(now));
+                self.drain_client(idx);
+            }
+        }
+        self.answer_pending_offers();
+    }
+
+    /// Steps until `done` or `limit` of simulated time passes.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) {
+        let end = self.now + limit;
+        while self.now < end && !done(self) {
+            self.step();
+        }
+    }
+
+    /// Steps for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(d, |_| false);
+    }
+}
+
+impl Sim {
+    /// Producers the router reported, in order.
+    pub fn producers(&self) -> Vec<(aviary_sfu::ProducerId, MediaKind)> {
+        self.router_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ProducerCreated { producer, kind, .. } => Some((*producer, *kind)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Forwards `producer` to subscriber client `sub` and completes the renegotiation.
+    pub fn consume(
+        &mut self,
+        producer: aviary_sfu::ProducerId,
+        sub: usize,
+    ) -> aviary_sfu::ConsumerId {
+        let transport = self.clients[sub].transport;
+        let options = aviary_sfu::ConsumerOptions::new(
+            producer,
+            transport,
+            "pub-stream".into(),
+            format!("track-{producer}"),
+        );
+        let id = self.router.consume(options).expect("consume");
+        self.drain_router();
+        self.answer_pending_offers();
+        self.run_for(Duration::from_millis(50));
+        id
+    }
+
+    /// Sends `count` packets from a publisher on `mid`, `gap` apart, starting at `first_seq`.
+    pub fn stream(
+        &mut self,
+        publisher: usize,
+        mid: Mid,
+        first_seq: u64,
+        count: u64,
+        gap: Duration,
+        ts_step: u32,
+    ) {
+        for i in 0..count {
+            let seq = first_seq + i;
+            let payload = seq.to_be_bytes();
+            self.send_rtp(
+                publisher,
+                mid,
+                seq,
+                (seq as u32).wrapping_mul(ts_step),
+                &payload,
+            );
+            self.run_for(gap);
+        }
+    }
+}
+
+/// The publisher's sequence number a subscriber's packet carries in its payload.
+pub fn payload_seq(p: &RtpPacket) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&p.payload[..8]);
+    u64::from_be_bytes(b)
+}
