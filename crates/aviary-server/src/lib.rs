@@ -68,6 +68,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         first_udp_port,
         node_ip,
+        tcp_port: Some(config.rtc.tcp_port),
     })?;
     info!(
         workers = workers.len(),

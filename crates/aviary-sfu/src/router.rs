@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, IceCreds, Input, Rtc};
 use tracing::{debug, trace};
@@ -171,7 +171,16 @@ impl Router {
         }
         let mut rtc = builder.build(self.now);
         for (addr, proto) in &self.config.candidates {
-            match Candidate::host(*addr, *proto) {
+            let candidate = match proto {
+                // We only accept TCP connections (RFC 6544 passive).
+                Protocol::Tcp => Candidate::builder()
+                    .tcp()
+                    .host(*addr)
+                    .tcptype(TcpType::Passive)
+                    .build(),
+                _ => Candidate::host(*addr, *proto),
+            };
+            match candidate {
                 Ok(c) => {
                     rtc.add_local_candidate(c);
                 }

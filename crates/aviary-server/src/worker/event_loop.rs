@@ -18,11 +18,14 @@ use prost::Message as _;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, trace, warn};
 
+use super::tcp::{self, UfragRegistry};
 use super::{MediaEvent, PeerKey, ProducedMedia, WorkerCommand};
 use crate::guid::random_string;
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
+/// TCP connections get tokens from here up.
+const FIRST_TCP: usize = 16;
 /// Datagrams read per turn before timers and commands get their turn.
 const RECV_BATCH: usize = 256;
 /// Longest sleep, so that a lost wake-up costs at most this much.
@@ -56,6 +59,8 @@ struct RoomMedia {
     producer_tracks: HashMap<ProducerId, String>,
     /// (subscriber sid, track sid) → consumer.
     consumers: HashMap<(String, String), ConsumerId>,
+    /// (subscriber sid, track sid) → how many consumers it has had; see `subscribe`.
+    generations: HashMap<(String, String), u32>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
     next_timeout: Instant,
@@ -86,10 +91,100 @@ impl Demux {
     }
 }
 
+/// One ICE/TCP connection.
+struct TcpConn {
+    stream: mio::net::TcpStream,
+    remote: SocketAddr,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+}
+
+/// What a worker is built from.
+pub(super) struct WorkerSetup {
+    pub(super) index: usize,
+    pub(super) socket: std::net::UdpSocket,
+    pub(super) advertised: SocketAddr,
+    pub(super) advertised_tcp: Option<SocketAddr>,
+    pub(super) cert: DtlsCert,
+    pub(super) registry: UfragRegistry,
+}
+
+/// The worker's sockets, apart from its rooms so that a router's outputs can be sent while
+/// the room is borrowed.
+struct Net {
+    socket: mio::net::UdpSocket,
+    tcp: HashMap<Token, TcpConn>,
+    tcp_by_addr: HashMap<SocketAddr, Token>,
+}
+
+impl Net {
+    fn send(&mut self, registry: &mio::Registry, t: &aviary_sfu::Transmit) {
+        match t.proto {
+            Protocol::Udp => {
+                if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
+                    // UDP: a full buffer drops the datagram, as the network would.
+                    trace!(dest = %t.destination, "send_to: {e}");
+                }
+            }
+            _ => {
+                let Some(token) = self.tcp_by_addr.get(&t.destination).copied() else {
+                    return;
+                };
+                let Some(conn) = self.tcp.get_mut(&token) else {
+                    return;
+                };
+                if conn.wbuf.len() > tcp::MAX_WRITE_BUFFER {
+                    trace!(dest = %t.destination, "tcp buffer full; packet dropped");
+                    return;
+                }
+                tcp::frame(&t.contents, &mut conn.wbuf);
+                if flush(conn).is_err() {
+                    self.close_tcp(registry, token);
+                } else if !conn.wbuf.is_empty() {
+                    // The rest goes out when the socket says it is writable.
+                    let _ = registry.reregister(
+                        &mut conn.stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                }
+            }
+        }
+    }
+
+    fn close_tcp(&mut self, registry: &mio::Registry, token: Token) {
+        if let Some(mut conn) = self.tcp.remove(&token) {
+            let _ = registry.deregister(&mut conn.stream);
+            self.tcp_by_addr.remove(&conn.remote);
+            debug!(remote = %conn.remote, "ice-tcp connection closed");
+        }
+    }
+}
+
+/// Writes as much of the connection's buffer as the socket takes.
+fn flush(conn: &mut TcpConn) -> io::Result<()> {
+    use std::io::Write;
+    while !conn.wbuf.is_empty() {
+        match conn.stream.write(&conn.wbuf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                conn.wbuf.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub(super) struct Worker {
     index: usize,
     poll: Poll,
-    socket: mio::net::UdpSocket,
+    net: Net,
+    advertised_tcp: Option<SocketAddr>,
+    registry: UfragRegistry,
+    next_token: usize,
     waker: Arc<Waker>,
     rx: mpsc::Receiver<WorkerCommand>,
     advertised: SocketAddr,
@@ -101,13 +196,15 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(
-        index: usize,
-        socket: std::net::UdpSocket,
-        advertised: SocketAddr,
-        cert: DtlsCert,
-        rx: mpsc::Receiver<WorkerCommand>,
-    ) -> io::Result<Self> {
+    pub(super) fn new(setup: WorkerSetup, rx: mpsc::Receiver<WorkerCommand>) -> io::Result<Self> {
+        let WorkerSetup {
+            index,
+            socket,
+            advertised,
+            advertised_tcp,
+            cert,
+            registry,
+        } = setup;
         let poll = Poll::new()?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
         poll.registry()
@@ -116,7 +213,14 @@ impl Worker {
         Ok(Self {
             index,
             poll,
-            socket,
+            net: Net {
+                socket,
+                tcp: HashMap::new(),
+                tcp_by_addr: HashMap::new(),
+            },
+            advertised_tcp,
+            registry,
+            next_token: FIRST_TCP,
             waker,
             rx,
             advertised,
@@ -165,6 +269,17 @@ impl Worker {
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
+            for event in events.iter() {
+                let token = event.token();
+                if token.0 >= FIRST_TCP {
+                    if event.is_writable() {
+                        self.tcp_writable(token);
+                    }
+                    if event.is_readable() || event.is_read_closed() {
+                        self.tcp_readable(token, &mut buf);
+                    }
+                }
+            }
             more_to_read = self.read_socket(&mut buf);
             self.handle_timeouts(Instant::now());
         }
@@ -173,8 +288,10 @@ impl Worker {
     /// Reads up to one batch; returns true if the socket may hold more.
     fn read_socket(&mut self, buf: &mut [u8]) -> bool {
         for _ in 0..RECV_BATCH {
-            match self.socket.recv_from(buf) {
-                Ok((n, source)) => self.handle_datagram(&buf[..n], source, Instant::now()),
+            match self.net.socket.recv_from(buf) {
+                Ok((n, source)) => {
+                    self.handle_datagram(&buf[..n], source, Protocol::Udp, Instant::now())
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     // ICMP errors surface here on Linux; they are about one peer, not us.
@@ -185,7 +302,87 @@ impl Worker {
         true
     }
 
-    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+    fn adopt_tcp(&mut self, stream: std::net::TcpStream, remote: SocketAddr, first: Vec<u8>) {
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            debug!(%remote, "cannot register tcp connection: {e}");
+            return;
+        }
+        if let Some(old) = self.net.tcp_by_addr.insert(remote, token) {
+            self.net.close_tcp(self.poll.registry(), old);
+            self.net.tcp_by_addr.insert(remote, token);
+        }
+        self.net.tcp.insert(
+            token,
+            TcpConn {
+                stream,
+                remote,
+                rbuf: Vec::new(),
+                wbuf: Vec::new(),
+            },
+        );
+        debug!(%remote, "ice-tcp connection adopted");
+        self.handle_datagram(&first, remote, Protocol::Tcp, Instant::now());
+    }
+
+    fn tcp_readable(&mut self, token: Token, buf: &mut [u8]) {
+        use std::io::Read;
+        let mut frames = Vec::new();
+        let mut closed = false;
+        let remote = {
+            let Some(conn) = self.net.tcp.get_mut(&token) else {
+                return;
+            };
+            loop {
+                match conn.stream.read(buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            match tcp::take_frames(&mut conn.rbuf) {
+                Ok(f) => frames = f,
+                Err(_) => closed = true,
+            }
+            conn.remote
+        };
+        for frame in frames {
+            self.handle_datagram(&frame, remote, Protocol::Tcp, Instant::now());
+        }
+        if closed {
+            self.net.close_tcp(self.poll.registry(), token);
+        }
+    }
+
+    fn tcp_writable(&mut self, token: Token) {
+        let Some(conn) = self.net.tcp.get_mut(&token) else {
+            return;
+        };
+        if flush(conn).is_err() {
+            self.net.close_tcp(self.poll.registry(), token);
+        } else if conn.wbuf.is_empty() {
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, Interest::READABLE);
+        }
+    }
+
+    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, proto: Protocol, now: Instant) {
         let target = match self.demux.by_addr.get(&source) {
             Some(t) => Some(*t),
             None => demux::stun_local_ufrag(data)
@@ -195,7 +392,11 @@ impl Worker {
             trace!(%source, len = data.len(), "datagram for no transport");
             return;
         };
-        let Ok(receive) = Receive::new(Protocol::Udp, source, self.advertised, data) else {
+        let destination = match proto {
+            Protocol::Udp => self.advertised,
+            _ => self.advertised_tcp.unwrap_or(self.advertised),
+        };
+        let Ok(receive) = Receive::new(proto, source, destination, data) else {
             trace!(%source, "unparseable datagram");
             return;
         };
@@ -328,6 +529,11 @@ impl Worker {
                 }
             }
             WorkerCommand::RemovePeer { key } => self.remove_peer(&key),
+            WorkerCommand::AdoptTcp {
+                stream,
+                remote,
+                first,
+            } => self.adopt_tcp(stream, remote, first),
             WorkerCommand::Shutdown => {}
         }
     }
@@ -338,9 +544,13 @@ impl Worker {
         }
         let idx = self.next_room;
         self.next_room = self.next_room.wrapping_add(1);
+        let mut candidates = vec![(self.advertised, Protocol::Udp)];
+        if let Some(tcp) = self.advertised_tcp {
+            candidates.push((tcp, Protocol::Tcp));
+        }
         let config = RouterConfig {
             dtls_cert: Some(self.cert.clone()),
-            candidates: vec![(self.advertised, Protocol::Udp)],
+            candidates,
         };
         let now = Instant::now();
         self.rooms.insert(
@@ -353,6 +563,7 @@ impl Worker {
                 tracks: HashMap::new(),
                 producer_tracks: HashMap::new(),
                 consumers: HashMap::new(),
+                generations: HashMap::new(),
                 dropped_lossy: 0,
                 next_timeout: now,
             },
@@ -383,6 +594,7 @@ impl Worker {
             room.transports.insert(tid, entry);
             tid
         })?;
+        self.registry.insert(&ufrag, self.index);
         self.demux.by_ufrag.insert(ufrag, (idx, tid));
         Some(tid)
     }
@@ -409,12 +621,20 @@ impl Worker {
             else {
                 return;
             };
-            // LiveKit clients find the track by this msid: stream `PA_x|TR_y`, track `TR_y`.
+            // LiveKit clients find the track by the msid stream id `PA_x|TR_y`. The msid track
+            // id only has to be unique: a stopped m-line keeps its msid, and an SDK that sees
+            // the same msid twice in one offer fails, so a re-subscription gets a new one.
+            let generation = room.generations.entry(slot.clone()).or_insert(0);
+            *generation += 1;
+            let msid_track = match *generation {
+                1 => track_sid.clone(),
+                n => format!("{track_sid}-{n}"),
+            };
             let options = ConsumerOptions::new(
                 producer,
                 transport,
                 format!("{publisher}|{track_sid}"),
-                track_sid.clone(),
+                msid_track,
             );
             match room.router.consume(options) {
                 Ok(c) => {
@@ -510,9 +730,12 @@ impl Worker {
             return;
         };
         room.consumers.retain(|(sub, _), _| *sub != key.participant);
+        room.generations
+            .retain(|(sub, _), _| *sub != key.participant);
         for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
             if let Some(entry) = room.transports.remove(&tid) {
                 self.demux.forget(idx, tid, &entry.ufrag);
+                self.registry.remove(&entry.ufrag);
             }
             let _ = room.router.close_transport(tid);
         }
@@ -552,11 +775,13 @@ impl Worker {
     /// (its peers are told their transports closed) and leaves the worker running.
     fn with_room<R>(&mut self, idx: RoomIdx, f: impl FnOnce(&mut RoomMedia) -> R) -> Option<R> {
         let room = self.rooms.get_mut(&idx)?;
-        let socket = &self.socket;
+        let net = &mut self.net;
         let demux = &mut self.demux;
+        let registry = self.poll.registry();
+        let ufrags = &self.registry;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let r = f(room);
-            drain(idx, room, socket, demux);
+            drain(idx, room, net, registry, demux, ufrags);
             r
         }));
         match result {
@@ -581,6 +806,7 @@ impl Worker {
         self.room_idx.remove(&room.sid);
         for (tid, entry) in &room.transports {
             self.demux.forget(idx, *tid, &entry.ufrag);
+            self.registry.remove(&entry.ufrag);
             if let Some(peer) = room.peers.get(&entry.participant) {
                 let _ = peer.events.send(MediaEvent::Closed(entry.direction));
             }
@@ -588,25 +814,33 @@ impl Worker {
     }
 }
 
-fn drain(idx: RoomIdx, room: &mut RoomMedia, socket: &mio::net::UdpSocket, demux: &mut Demux) {
+fn drain(
+    idx: RoomIdx,
+    room: &mut RoomMedia,
+    net: &mut Net,
+    registry: &mio::Registry,
+    demux: &mut Demux,
+    ufrags: &UfragRegistry,
+) {
     loop {
         match room.router.poll_output() {
-            Output::Transmit(t) => {
-                if let Err(e) = socket.send_to(&t.contents, t.destination) {
-                    // UDP: a full buffer drops the datagram, as the network would.
-                    trace!(dest = %t.destination, "send_to: {e}");
-                }
-            }
+            Output::Transmit(t) => net.send(registry, &t),
             Output::Timeout(at) => {
                 room.next_timeout = at;
                 return;
             }
-            Output::Event(event) => handle_event(idx, room, demux, event),
+            Output::Event(event) => handle_event(idx, room, demux, ufrags, event),
         }
     }
 }
 
-fn handle_event(idx: RoomIdx, room: &mut RoomMedia, demux: &mut Demux, event: Event) {
+fn handle_event(
+    idx: RoomIdx,
+    room: &mut RoomMedia,
+    demux: &mut Demux,
+    ufrags: &UfragRegistry,
+    event: Event,
+) {
     match event {
         Event::OfferReady { transport, sdp } => {
             room.notify(transport, |_| MediaEvent::SubscriberOffer(sdp));
@@ -619,6 +853,7 @@ fn handle_event(idx: RoomIdx, room: &mut RoomMedia, demux: &mut Demux, event: Ev
             room.notify(transport, MediaEvent::Closed);
             if let Some(entry) = room.transports.remove(&transport) {
                 demux.forget(idx, transport, &entry.ufrag);
+                ufrags.remove(&entry.ufrag);
                 if let Some(peer) = room.peers.get_mut(&entry.participant) {
                     match entry.direction {
                         TransportDirection::Subscriber => peer.subscriber = None,

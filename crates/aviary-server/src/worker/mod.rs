@@ -3,6 +3,9 @@
 //! [`MediaEvent`]s out; the packet path takes no locks.
 
 mod event_loop;
+mod tcp;
+
+pub use tcp::UfragRegistry;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -115,6 +118,15 @@ pub enum WorkerCommand {
         /// Who.
         key: PeerKey,
     },
+    /// A new ICE/TCP connection whose first frame named one of this worker's transports.
+    AdoptTcp {
+        /// The connection (non-blocking).
+        stream: std::net::TcpStream,
+        /// Its remote address.
+        remote: SocketAddr,
+        /// The first frame, already read.
+        first: Vec<u8>,
+    },
     /// Stops the thread.
     Shutdown,
 }
@@ -167,6 +179,8 @@ pub struct WorkerConfig {
     pub first_udp_port: u16,
     /// The IP advertised in ICE candidates.
     pub node_ip: IpAddr,
+    /// ICE/TCP port (passive candidates); `None` disables ICE over TCP, 0 picks a free port.
+    pub tcp_port: Option<u16>,
 }
 
 /// A handle to send commands to one worker.
@@ -204,6 +218,8 @@ impl WorkerHandle {
 pub struct WorkerPool {
     handles: Vec<WorkerHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The ICE/TCP listener's address, when enabled.
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl WorkerPool {
@@ -213,6 +229,22 @@ impl WorkerPool {
             .ok_or_else(|| io::Error::other("cannot generate a DTLS certificate"))?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        let registry = UfragRegistry::default();
+        let tcp_listener = match config.tcp_port {
+            Some(port) => {
+                let addr = SocketAddr::new(config.bind_ip, port);
+                let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot bind ICE/TCP {addr}: {e}"))
+                })?;
+                Some(l)
+            }
+            None => None,
+        };
+        let tcp_addr = match &tcp_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let advertised_tcp = tcp_addr.map(|a| SocketAddr::new(config.node_ip, a.port()));
         for index in 0..config.threads.max(1) {
             let port = if config.first_udp_port == 0 {
                 0
@@ -229,8 +261,17 @@ impl WorkerPool {
             let udp_addr = std_socket.local_addr()?;
             let advertised = SocketAddr::new(config.node_ip, udp_addr.port());
             let (tx, rx) = mpsc::channel();
-            let mut worker =
-                event_loop::Worker::new(index, std_socket, advertised, cert.clone(), rx)?;
+            let mut worker = event_loop::Worker::new(
+                event_loop::WorkerSetup {
+                    index,
+                    socket: std_socket,
+                    advertised,
+                    advertised_tcp,
+                    cert: cert.clone(),
+                    registry: registry.clone(),
+                },
+                rx,
+            )?;
             let waker = worker.waker();
             let thread = std::thread::Builder::new()
                 .name(format!("aviary-worker-{index}"))
@@ -242,7 +283,14 @@ impl WorkerPool {
             });
             threads.push(thread);
         }
-        Ok(Self { handles, threads })
+        if let Some(listener) = tcp_listener {
+            tcp::start_acceptor(listener, registry, handles.clone())?;
+        }
+        Ok(Self {
+            handles,
+            threads,
+            tcp_addr,
+        })
     }
 
     /// The worker with this index.
