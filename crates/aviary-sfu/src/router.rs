@@ -162,6 +162,8 @@ impl Router {
         let mut builder = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            // Opus with RED, as LiveKit offers it; forwarded as is when both ends have it.
+            .enable_opus(true, true)
             .set_local_ice_credentials(IceCreds {
                 ufrag: options.ice_ufrag.clone(),
                 pass: options.ice_pwd.clone(),
@@ -565,11 +567,17 @@ impl Router {
             return;
         };
         let in_pt = packet.header.payload_type;
-        let spec = t
-            .rtc
-            .codec_config()
-            .find(|p| p.pt() == in_pt)
-            .map(|p| p.spec());
+        // The codec, and whether this packet is its RFC 2198 RED wrapping (str0m folds RED's
+        // payload type into the codec's parameters).
+        let spec = t.rtc.codec_config().params().iter().find_map(|p| {
+            if p.pt() == in_pt {
+                Some((p.spec(), false))
+            } else if p.red() == Some(in_pt) {
+                Some((p.spec(), true))
+            } else {
+                None
+            }
+        });
         let Some(&pid) = self.producer_by_mid.get(&(from, mid)) else {
             return;
         };
@@ -599,15 +607,14 @@ impl Router {
                 continue;
             }
             let out_pt = *c.pt_map.entry(in_pt).or_insert_with(|| {
-                let spec = spec?;
+                let (spec, red) = spec?;
                 let cfg = sub.rtc.codec_config();
-                cfg.find(|p| p.spec() == spec)
-                    .or_else(|| {
-                        cfg.find(|p| {
-                            p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
-                        })
+                let params = cfg.find(|p| p.spec() == spec).or_else(|| {
+                    cfg.find(|p| {
+                        p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
                     })
-                    .map(|p| p.pt())
+                })?;
+                if red { params.red() } else { Some(params.pt()) }
             });
             let Some(out_pt) = out_pt else {
                 trace!(consumer = %c.id, ?in_pt, "subscriber lacks the codec");

@@ -1086,4 +1086,103 @@ mod tests {
         m.delete_room("r1").unwrap();
         assert_eq!(m.list_rooms(&[]).len(), 1);
     }
+
+    #[test]
+    fn media_commands_reach_the_room_worker_in_order() {
+        let (handle, rx) = WorkerHandle::detached();
+        let m = RoomManager::new(
+            RoomConfig::default(),
+            LimitConfig::default(),
+            String::new(),
+            vec![handle],
+        );
+        let a = join(&m, "a", "r").unwrap();
+        let b = join(&m, "b", "r").unwrap();
+        let mut cmds: Vec<WorkerCommand> = rx.try_iter().collect();
+        assert!(
+            matches!(&cmds[0], WorkerCommand::AddPeer { key, .. } if key.participant == a.participant_sid)
+        );
+        assert!(
+            matches!(&cmds[1], WorkerCommand::AddPeer { key, .. } if key.participant == b.participant_sid)
+        );
+
+        // a announces a track, its media arrives: b (auto-subscribe) gets it.
+        let track = m
+            .add_track(
+                "r",
+                &a.participant_sid,
+                &proto::AddTrackRequest {
+                    cid: "cid1".into(),
+                    r#type: proto::TrackType::Audio as i32,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let media = ProducedMedia {
+            producer: aviary_sfu::ProducerId(7),
+            cid: "cid1".into(),
+            kind: MediaKind::Audio,
+            mid: "0".into(),
+            mime: "audio/opus".into(),
+        };
+        let published = m.producer_created("r", &a.participant_sid, &media).unwrap();
+        assert_eq!(published.sid, track.sid);
+        assert_eq!(published.mime_type, "audio/opus");
+        cmds = rx.try_iter().collect();
+        assert!(
+            matches!(&cmds[0], WorkerCommand::BindTrack { track_sid, .. } if *track_sid == track.sid)
+        );
+        assert!(
+            matches!(&cmds[1], WorkerCommand::Subscribe { key, track_sid, .. }
+            if key.participant == b.participant_sid && *track_sid == track.sid)
+        );
+        assert_eq!(m.get_participant("r", "a").unwrap().tracks.len(), 1);
+
+        // b disables the track: its consumer is paused.
+        m.update_track_settings(
+            "r",
+            &b.participant_sid,
+            &proto::UpdateTrackSettings {
+                track_sids: vec![track.sid.clone()],
+                disabled: true,
+                ..Default::default()
+            },
+        );
+        cmds = rx.try_iter().collect();
+        assert!(
+            matches!(&cmds[..], [WorkerCommand::PauseConsumer { paused: true, track_sid, .. }]
+            if *track_sid == track.sid)
+        );
+    }
+
+    #[test]
+    fn publishing_needs_the_grant() {
+        let m = manager(RoomConfig::default());
+        let a = join(&m, "a", "r").unwrap();
+        m.update_participant(&proto::UpdateParticipantRequest {
+            room: "r".into(),
+            identity: "a".into(),
+            permission: Some(proto::ParticipantPermission {
+                can_publish: true,
+                can_publish_sources: vec![proto::TrackSource::Microphone as i32],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let camera = proto::AddTrackRequest {
+            cid: "c".into(),
+            source: proto::TrackSource::Camera as i32,
+            ..Default::default()
+        };
+        assert!(matches!(
+            m.add_track("r", &a.participant_sid, &camera),
+            Err(ServiceError::PermissionDenied(_))
+        ));
+        let mic = proto::AddTrackRequest {
+            source: proto::TrackSource::Microphone as i32,
+            ..camera
+        };
+        assert!(m.add_track("r", &a.participant_sid, &mic).is_ok());
+    }
 }

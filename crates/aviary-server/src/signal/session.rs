@@ -42,6 +42,8 @@ struct Session {
     offer_id: u32,
     publisher_offer_ids: VecDeque<u32>,
     active: bool,
+    /// Whether our candidates were trickled, by `SignalTarget`.
+    trickled: [bool; 2],
     last_seen: Instant,
     ping_timeout: Duration,
 }
@@ -87,6 +89,7 @@ where
         offer_id: 0,
         publisher_offer_ids: VecDeque::new(),
         active: false,
+        trickled: [false; 2],
         last_seen: Instant::now(),
         ping_timeout,
     };
@@ -134,11 +137,10 @@ where
                 None => break End::Server,
             },
             event = media_rx.recv() => {
-                if let Some(event) = event
-                    && let Some(resp) = s.handle_media(event)
-                        && sink.send(encode_response(&resp, s.json)).await.is_err() {
-                            break End::Client;
-                        }
+                let replies = event.map(|e| s.handle_media(e)).unwrap_or_default();
+                if send_all(&mut sink, &replies, s.json).await.is_err() {
+                    break End::Client;
+                }
             }
             _ = ticker.tick() => {
                 if s.last_seen.elapsed() > s.ping_timeout {
@@ -297,25 +299,61 @@ impl Session {
         (replies, false)
     }
 
-    fn handle_media(&mut self, event: MediaEvent) -> Option<proto::SignalResponse> {
+    /// Our candidates are in every offer and answer; they are also trickled once per
+    /// connection, as LiveKit does, for clients that only look at trickled candidates.
+    fn trickle_once(
+        &mut self,
+        sdp: &str,
+        target: proto::SignalTarget,
+        out: &mut Vec<proto::SignalResponse>,
+    ) {
+        let done = &mut self.trickled[target as usize];
+        if *done {
+            return;
+        }
+        *done = true;
+        // Bundled: every candidate belongs to the first m-line.
+        let mid = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .unwrap_or("0")
+            .trim_end();
+        for line in sdp.lines().filter_map(|l| l.strip_prefix("a=candidate:")) {
+            let init = serde_json::json!({
+                "candidate": format!("candidate:{}", line.trim_end()),
+                "sdpMid": mid,
+                "sdpMLineIndex": 0,
+            });
+            out.push(response(Resp::Trickle(proto::TrickleRequest {
+                candidate_init: init.to_string(),
+                target: target as i32,
+                ..Default::default()
+            })));
+        }
+    }
+
+    fn handle_media(&mut self, event: MediaEvent) -> Vec<proto::SignalResponse> {
+        let mut out = Vec::new();
         match event {
             MediaEvent::SubscriberOffer(sdp) => {
                 self.offer_id += 1;
-                Some(response(Resp::Offer(proto::SessionDescription {
+                out.push(response(Resp::Offer(proto::SessionDescription {
                     r#type: "offer".into(),
-                    sdp,
+                    sdp: sdp.clone(),
                     id: self.offer_id,
                     ..Default::default()
-                })))
+                })));
+                self.trickle_once(&sdp, proto::SignalTarget::Subscriber, &mut out);
             }
             MediaEvent::PublisherAnswer(sdp) => {
                 let id = self.publisher_offer_ids.pop_front().unwrap_or(0);
-                Some(response(Resp::Answer(proto::SessionDescription {
+                out.push(response(Resp::Answer(proto::SessionDescription {
                     r#type: "answer".into(),
-                    sdp,
+                    sdp: sdp.clone(),
                     id,
                     ..Default::default()
-                })))
+                })));
+                self.trickle_once(&sdp, proto::SignalTarget::Publisher, &mut out);
             }
             MediaEvent::Connected(direction) => {
                 debug!(?direction, "media connected");
@@ -325,17 +363,14 @@ impl Session {
                         .manager
                         .set_active(&self.room_name, &self.key.participant);
                 }
-                None
             }
             MediaEvent::Closed(direction) => {
                 warn!(?direction, "media connection closed");
-                None
             }
             MediaEvent::ProducerCreated(media) => {
                 self.ctx
                     .manager
                     .producer_created(&self.room_name, &self.key.participant, &media);
-                None
             }
             MediaEvent::TrackEnded { track_sid } => {
                 let had = self.ctx.manager.unpublish_track(
@@ -343,11 +378,11 @@ impl Session {
                     &self.key.participant,
                     &track_sid,
                 );
-                had.then(|| {
-                    response(Resp::TrackUnpublished(proto::TrackUnpublishedResponse {
-                        track_sid,
-                    }))
-                })
+                if had {
+                    out.push(response(Resp::TrackUnpublished(
+                        proto::TrackUnpublishedResponse { track_sid },
+                    )));
+                }
             }
             MediaEvent::NegotiationFailed(direction, reason) => {
                 warn!(?direction, reason, "negotiation failed");
@@ -355,9 +390,9 @@ impl Session {
                     // That offer will get no answer; the next answer belongs to the next offer.
                     self.publisher_offer_ids.pop_front();
                 }
-                None
             }
         }
+        out
     }
 
     fn cleanup(&self, end: End) {
