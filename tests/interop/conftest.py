@@ -5,7 +5,10 @@
 * the `server` fixture is one `aviary serve --dev` process shared by the
   session (restarted if it died), `short_server` one with short room
   timeouts from `--config-body`;
-* a failing test gets the tail of the server log(s) it used in its report;
+* the `browsers` fixture opens Chromium pages running livekit-client
+  (browser.py) and ends them after the test;
+* a failing test gets the tail of the server and browser log(s) it used in
+  its report;
 * the run refuses to start outside the test network namespace.
 """
 
@@ -20,6 +23,7 @@ from typing import Iterator
 
 import pytest
 
+from browser import Browsers
 from harness import NODE_IP, TEST_TIMEOUT, Server
 
 # Room timeouts for the server that checks them from its configuration.
@@ -43,10 +47,16 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
 
     async def bounded() -> None:
+        # A TimeoutError of the test's own (an inner wait_for) is reported as
+        # itself, not as this overall bound running out.
+        bound = asyncio.timeout(TEST_TIMEOUT)
         try:
-            await asyncio.wait_for(func(**kwargs), TEST_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"test did not finish within {TEST_TIMEOUT}s") from None
+            async with bound:
+                await func(**kwargs)
+        except TimeoutError:
+            if bound.expired():
+                raise AssertionError(f"test did not finish within {TEST_TIMEOUT}s") from None
+            raise
 
     asyncio.run(bounded())
     return True
@@ -137,8 +147,13 @@ def _log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _server_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _ServerSlot]]:
-    log_dir = _log_dir(tmp_path_factory)
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the server and browser logs of this run go."""
+    return _log_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def _server_slots(log_dir: Path) -> Iterator[dict[str, _ServerSlot]]:
     slots = {
         "server": _ServerSlot("server", log_dir, []),
         "short_server": _ServerSlot(
@@ -173,7 +188,21 @@ def short_server(_server_slots: dict[str, _ServerSlot]) -> Iterator[Server]:
 
 
 # --------------------------------------------------------------------------
-# server logs in failure reports
+# browsers
+
+
+@pytest.fixture
+def browsers(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Browsers]:
+    """Opens Chromium pages with livekit-client (`await browsers.open(label)`,
+    inside `async with browsers:`). Any page still running after the test is
+    ended by its pid."""
+    b = Browsers(log_dir, request.node.name)
+    yield b
+    b.kill_all()
+
+
+# --------------------------------------------------------------------------
+# server and browser logs in failure reports
 
 
 @pytest.hookimpl(wrapper=True)
@@ -185,4 +214,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             srv = funcargs.get(name)
             if isinstance(srv, Server):
                 report.sections.append((f"aviary log ({name}, pid {srv.pid})", srv.log_tail()))
+        b = funcargs.get("browsers")
+        if isinstance(b, Browsers):
+            for page in b.pages:
+                report.sections.append(
+                    (f"browser log ({page.label}, driver pid {page.pid})", page.log_tail())
+                )
     return report

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Union
 
 import jwt
+import numpy as np
 from livekit import api, rtc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,13 +76,36 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     raise RuntimeError("could not find a free port")
 
 
+# The server binds one UDP port per worker thread: --udp-port, --udp-port + 1, ...
+UDP_PORTS_PER_SERVER = max(2, os.cpu_count() or 1)
+
+
+def free_udp_range(count: int = UDP_PORTS_PER_SERVER) -> int:
+    """The first of `count` consecutive UDP ports that are all free and never handed out."""
+    for _ in range(200):
+        first = free_port(socket.SOCK_DGRAM)
+        ports = range(first, first + count)
+        if first + count > 65535 or any((socket.SOCK_DGRAM, p) in _handed_out_ports for p in ports[1:]):
+            continue
+        try:
+            for p in ports[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("0.0.0.0", p))
+        except OSError:
+            continue
+        _handed_out_ports.update((socket.SOCK_DGRAM, p) for p in ports)
+        return first
+    raise RuntimeError("could not find a free UDP port range")
+
+
 class Server:
     """One `aviary serve --dev` process on free ports."""
 
     def __init__(self, log_path: Path, extra_args: Optional[list[str]] = None) -> None:
         self.binary = server_binary()
         self.port = free_port(socket.SOCK_STREAM)
-        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.udp_port = free_udp_range()
+        self.tcp_port = free_port(socket.SOCK_STREAM)
         self.extra_args = list(extra_args or [])
         self.log_path = log_path
         self.proc: Optional[subprocess.Popen] = None
@@ -114,6 +138,8 @@ class Server:
             str(self.port),
             "--udp-port",
             str(self.udp_port),
+            "--tcp-port",
+            str(self.tcp_port),
             *self.extra_args,
         ]
 
@@ -443,6 +469,17 @@ RECORDED_EVENTS = (
     "participant_permissions_changed",
     "connection_state_changed",
     "disconnected",
+    # media and data (test_media.py)
+    "local_track_published",
+    "local_track_unpublished",
+    "track_published",
+    "track_unpublished",
+    "track_subscribed",
+    "track_unsubscribed",
+    "track_subscription_failed",
+    "track_muted",
+    "track_unmuted",
+    "data_received",
 )
 
 
@@ -578,3 +615,377 @@ class Clients:
 
     async def room_connect(self, client: Client, token: str) -> None:
         await client.room.connect(self.server.ws_url, token)
+
+
+# --------------------------------------------------------------------------
+# media: what the publishers send and how the subscribers check it
+
+# Audio: 48 kHz mono, 10 ms frames (what libwebrtc and Opus work in).
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = SAMPLE_RATE // 100
+# A frame whose RMS is below this (about -40 dBFS) counts as silent.
+SILENCE_RMS = 300.0
+
+# Upper bounds for media, in seconds.
+PUBLISH_TIMEOUT = 15.0  # publish_track (the SDK itself gives up after 10 s)
+SUBSCRIBE_TIMEOUT = 10.0  # from publishing (or joining) to track_subscribed
+MEDIA_TIMEOUT = 10.0  # from track_subscribed to enough decoded media
+MAX_SEND_SECONDS = 30.0  # no sender runs longer than this
+STREAM_CLOSE_TIMEOUT = 5.0
+
+
+class SineGenerator:
+    """Consecutive 10 ms int16 frames of one continuous sine."""
+
+    def __init__(self, frequency: float, amplitude: float = 0.5, rate: int = SAMPLE_RATE) -> None:
+        self.frequency = frequency
+        self.amplitude = amplitude
+        self.rate = rate
+        self.position = 0  # samples produced so far
+
+    def samples(self, count: int = FRAME_SAMPLES) -> np.ndarray:
+        n = np.arange(self.position, self.position + count)
+        self.position += count
+        wave = self.amplitude * 32767.0 * np.sin(2.0 * np.pi * self.frequency * n / self.rate)
+        return np.round(wave).astype(np.int16)
+
+    def frame(self) -> rtc.AudioFrame:
+        data = self.samples(FRAME_SAMPLES)
+        return rtc.AudioFrame(data.tobytes(), self.rate, 1, FRAME_SAMPLES)
+
+
+def frame_samples(frame: rtc.AudioFrame) -> np.ndarray:
+    """The samples of a (mono) AudioFrame as a float array of its own."""
+    return np.frombuffer(frame.data, dtype=np.int16).astype(np.float64)
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples)))) if len(samples) else 0.0
+
+
+def dominant_frequency(samples: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[float, float]:
+    """The strongest frequency in `samples` (Hann window, FFT, parabolic
+    interpolation around the peak bin) and the share of the spectrum's energy
+    within 20 Hz of it (1.0 for a pure tone, small for noise)."""
+    if len(samples) < 64:
+        return 0.0, 0.0
+    x = samples - np.mean(samples)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    power = np.square(spectrum)
+    bin_hz = rate / len(x)
+    power[: int(20.0 / bin_hz) + 1] = 0.0  # nothing below 20 Hz
+    total = float(np.sum(power))
+    if total <= 0.0:
+        return 0.0, 0.0
+    k = int(np.argmax(power))
+    offset = 0.0
+    if 0 < k < len(spectrum) - 1:
+        a, b, c = (
+            np.log(spectrum[k - 1] + 1e-12),
+            np.log(spectrum[k] + 1e-12),
+            np.log(spectrum[k + 1] + 1e-12),
+        )
+        denominator = a - 2.0 * b + c
+        if denominator != 0.0:
+            offset = 0.5 * (a - c) / denominator
+    peak_hz = (k + offset) * bin_hz
+    near = int(round(20.0 / bin_hz))
+    share = float(np.sum(power[max(k - near, 0) : k + near + 1])) / total
+    return float(peak_hz), share
+
+
+@dataclass
+class ToneReport:
+    """What a stretch of received audio sounds like."""
+
+    frames: int  # frames received
+    seconds: float  # audio received
+    loud_seconds: float  # of which not silent
+    analysed_seconds: float  # from the first loud frame on
+    rms: float  # of the analysed part
+    frequency: float  # its dominant frequency
+    tone_share: float  # share of its energy within 20 Hz of that
+
+    def has_tone(self, frequency: float, *, min_seconds: float, tolerance: float = 10.0) -> bool:
+        return (
+            self.loud_seconds >= min_seconds
+            and abs(self.frequency - frequency) <= tolerance
+            and self.tone_share >= 0.5
+        )
+
+    def describe(self) -> str:
+        if not self.frames:
+            return "no audio frames at all"
+        return (
+            f"{self.frames} frames ({self.seconds:.2f}s), {self.loud_seconds:.2f}s not silent; "
+            f"analysed {self.analysed_seconds:.2f}s from the first loud frame: RMS {self.rms:.0f}, "
+            f"dominant {self.frequency:.1f} Hz holding {self.tone_share:.0%} of the energy"
+        )
+
+
+def analyse_tone(frames: list[np.ndarray], rate: int = SAMPLE_RATE) -> ToneReport:
+    """Analyse consecutive received frames: leading silence (before the first
+    packet arrived) is skipped; the FFT runs over the rest."""
+    loud = [rms(f) > SILENCE_RMS for f in frames]
+    seconds = sum(len(f) for f in frames) / rate
+    loud_seconds = sum(len(f) for f, is_loud in zip(frames, loud) if is_loud) / rate
+    if not any(loud):
+        return ToneReport(len(frames), seconds, 0.0, 0.0, 0.0, 0.0, 0.0)
+    first = loud.index(True)
+    segment = np.concatenate(frames[first:])
+    frequency, share = dominant_frequency(segment, rate)
+    return ToneReport(
+        len(frames), seconds, loud_seconds, len(segment) / rate, rms(segment), frequency, share
+    )
+
+
+class ToneSender:
+    """A LocalAudioTrack fed with a sine through rtc.AudioSource in real time
+    (48 kHz mono, 10 ms frames) from a background task, for at most
+    MAX_SEND_SECONDS."""
+
+    PREFILL = 0.1  # seconds of audio queued ahead
+
+    def __init__(self, frequency: float = 440.0, *, name: str = "tone") -> None:
+        self.frequency = frequency
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1)
+        self.track = rtc.LocalAudioTrack.create_audio_track(name, self.source)
+        self.generator = SineGenerator(frequency)
+        self.frames_sent = 0
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self, max_seconds: float = MAX_SEND_SECONDS) -> "ToneSender":
+        self._task = asyncio.get_running_loop().create_task(self._run(max_seconds))
+        return self
+
+    async def _run(self, max_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        frame_seconds = FRAME_SAMPLES / SAMPLE_RATE
+        while self.frames_sent * frame_seconds < max_seconds:
+            delay = start + self.frames_sent * frame_seconds - self.PREFILL - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.source.capture_frame(self.generator.frame())
+            self.frames_sent += 1
+
+    def check(self) -> None:
+        """Fail if the sender task died."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            exc = self._task.exception()
+            if exc is not None:
+                raise AssertionError(f"the tone sender failed: {exc!r}") from exc
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await asyncio.wait_for(self._task, STREAM_CLOSE_TIMEOUT)
+            except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                pass
+        try:
+            await asyncio.wait_for(self.source.aclose(), STREAM_CLOSE_TIMEOUT)
+        except Exception:
+            pass
+
+
+class SolidVideoSender:
+    """A LocalVideoTrack fed with one solid colour (RGBA) through
+    rtc.VideoSource at `fps` from a background task, for at most
+    MAX_SEND_SECONDS."""
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        rgba: tuple[int, int, int, int],
+        *,
+        fps: float = 30.0,
+        name: str = "solid",
+    ) -> None:
+        self.width, self.height, self.rgba, self.fps = width, height, rgba, fps
+        self.source = rtc.VideoSource(width, height)
+        self.track = rtc.LocalVideoTrack.create_video_track(name, self.source)
+        self.frame = solid_frame(width, height, rgba)
+        self.frames_sent = 0
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self, max_seconds: float = MAX_SEND_SECONDS) -> "SolidVideoSender":
+        self._task = asyncio.get_running_loop().create_task(self._run(max_seconds))
+        return self
+
+    async def _run(self, max_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while self.frames_sent / self.fps < max_seconds:
+            delay = start + self.frames_sent / self.fps - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.source.capture_frame(self.frame)
+            self.frames_sent += 1
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await asyncio.wait_for(self._task, STREAM_CLOSE_TIMEOUT)
+            except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                pass
+        try:
+            await asyncio.wait_for(self.source.aclose(), STREAM_CLOSE_TIMEOUT)
+        except Exception:
+            pass
+
+
+def solid_frame(width: int, height: int, rgba: tuple[int, int, int, int]) -> rtc.VideoFrame:
+    return rtc.VideoFrame(
+        width, height, rtc.VideoBufferType.RGBA, bytearray(bytes(rgba) * (width * height))
+    )
+
+
+def centre_rgba(frame: rtc.VideoFrame) -> tuple[int, int, int, int]:
+    """The centre pixel of a frame of any buffer type, converted to RGBA."""
+    if frame.type != rtc.VideoBufferType.RGBA:
+        frame = frame.convert(rtc.VideoBufferType.RGBA)
+    x, y = frame.width // 2, frame.height // 2
+    i = (y * frame.width + x) * 4
+    px = bytes(frame.data[i : i + 4])
+    return px[0], px[1], px[2], px[3]
+
+
+def colour_close(got: tuple[int, ...], want: tuple[int, ...], tolerance: int) -> bool:
+    """R, G and B each within `tolerance` (alpha is not compared)."""
+    return all(abs(int(g) - int(w)) <= tolerance for g, w in zip(got[:3], want[:3]))
+
+
+class AudioProbe:
+    """Reads an rtc.AudioStream of a remote audio track in a background task
+    and keeps every frame with the time it arrived."""
+
+    def __init__(self, track: rtc.Track, label: str = "audio") -> None:
+        self.label = label
+        self.track = track
+        self.stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        self._loop = asyncio.get_running_loop()
+        self.frames: list[tuple[float, np.ndarray]] = []
+        self.ended = False
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for event in self.stream:
+            self.frames.append((self._loop.time(), frame_samples(event.frame)))
+        self.ended = True
+
+    def since(self, t0: float, until: Optional[float] = None) -> list[np.ndarray]:
+        return [f for t, f in self.frames if t >= t0 and (until is None or t <= until)]
+
+    def report(self, t0: float = 0.0, until: Optional[float] = None) -> ToneReport:
+        return analyse_tone(self.since(t0, until))
+
+    async def wait_for_tone(
+        self,
+        frequency: float,
+        *,
+        min_seconds: float,
+        since: float = 0.0,
+        timeout: float = MEDIA_TIMEOUT,
+        what: str = "the tone",
+    ) -> ToneReport:
+        """Wait until the audio received since `since` holds `min_seconds` of
+        non-silent audio whose dominant frequency is `frequency` ± 10 Hz."""
+        deadline = self._loop.time() + timeout
+        while True:
+            report = self.report(since)
+            if report.has_tone(frequency, min_seconds=min_seconds):
+                return report
+            if self._loop.time() >= deadline or self._task.done():
+                state = " (the audio stream ended)" if self._task.done() else ""
+                raise AssertionError(
+                    f"{self.label}: no {min_seconds}s of {frequency:.0f} Hz tone within {timeout}s "
+                    f"for {what}{state}: {report.describe()}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def wait_for_silence(
+        self,
+        *,
+        since: float,
+        window: float = 1.0,
+        timeout: float = MEDIA_TIMEOUT,
+        what: str = "silence",
+    ) -> ToneReport:
+        """Wait for a `window`-long stretch after `since` in which at most a
+        tenth of the received audio (if any arrived at all) is loud."""
+        deadline = self._loop.time() + timeout
+        while True:
+            now = self._loop.time()
+            if now - window >= since:
+                report = self.report(now - window, now)
+                if report.loud_seconds <= 0.1 * window:
+                    return report
+            if now >= deadline:
+                raise AssertionError(
+                    f"{self.label}: the audio did not stop within {timeout}s for {what}; "
+                    f"the last {window}s: {self.report(now - window, now).describe()}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.stream.aclose(), STREAM_CLOSE_TIMEOUT)
+        except Exception:
+            pass
+        if not self._task.done():
+            self._task.cancel()
+            try:
+                await asyncio.wait_for(self._task, STREAM_CLOSE_TIMEOUT)
+            except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                pass
+
+
+async def publish_track(
+    client: "Client",
+    track: rtc.LocalTrack,
+    options: rtc.TrackPublishOptions,
+    timeout: float = PUBLISH_TIMEOUT,
+) -> rtc.LocalTrackPublication:
+    """LocalParticipant.publish_track, bounded. The SDK sends AddTrackRequest
+    and waits for the TrackPublishedResponse with the same cid."""
+    try:
+        return await asyncio.wait_for(
+            client.room.local_participant.publish_track(track, options), timeout
+        )
+    except asyncio.TimeoutError:
+        raise AssertionError(
+            f"{client.label}: publish_track did not return within {timeout}s"
+        ) from None
+
+
+async def wait_track_subscribed(
+    client: "Client", track_sid: str, *, timeout: float = SUBSCRIBE_TIMEOUT, since: int = 0
+) -> Event:
+    """The first track_subscribed event for `track_sid` (among the events
+    recorded from index `since` on)."""
+    found = await wait_until(
+        lambda: [
+            e
+            for e in client.events[since:]
+            if e.name == "track_subscribed" and e.args[1].sid == track_sid
+        ],
+        timeout=timeout,
+        what=(
+            f"{client.label} to get track {track_sid} (track_subscribed): the server has to "
+            "offer it on the subscriber connection with msid '<participant sid>|<track sid>' "
+            "and forward its RTP"
+        ),
+    )
+    return found[0]
+
+
+async def within(awaitable: Awaitable[Any], timeout: float, what: str) -> Any:
+    """Await `awaitable` for at most `timeout` seconds; fail the test saying
+    `what` did not finish otherwise."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{what} did not finish within {timeout}s") from None

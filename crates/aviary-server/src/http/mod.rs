@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::get;
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::auth::KeyProvider;
 use crate::room::RoomManager;
@@ -26,10 +27,18 @@ pub struct AppState {
 
 /// Builds the router (tests call this and drive it without a socket).
 pub fn app(state: AppState) -> Router {
+    // Browser SDKs call /rtc/validate and Twirp from the app's own origin; like livekit-server,
+    // every origin is allowed (the access token is the authorization).
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers(Any);
     Router::new()
         .route("/", get(|| async { "OK" }))
         .merge(rtc::routes())
         .merge(twirp::routes())
+        .layer(cors)
         .with_state(state)
 }
 

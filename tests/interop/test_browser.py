@@ -1,0 +1,284 @@
+"""The JS SDK (livekit-client) in Chromium against the server, meeting the
+python SDK: connect, publish from the browser, subscribe in the browser.
+
+Chromium runs headless with fake camera and microphone devices, driven by
+tests/browser/driver.mjs through playwright-core (see browser.py and
+tests/browser/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import pytest
+from livekit import rtc
+from livekit.rtc.participant import PublishTrackError
+
+from browser import Browsers, Page, PageError
+from harness import (
+    CONNECT_TIMEOUT,
+    EVENT_TIMEOUT,
+    Clients,
+    Server,
+    http_request,
+    unique,
+    wait_until,
+)
+
+FRAMES = 20  # decoded video frames that prove media flows
+MEDIA_TIMEOUT = 30.0  # seconds from subscribing to FRAMES decoded frames
+PUBLISH_TIMEOUT = 30.0  # seconds for the page to publish camera + microphone
+
+# What the page publishes: one VP8 layer from Chromium's fake camera.
+PAGE_VIDEO = {"width": 640, "height": 360, "frameRate": 24, "codec": "vp8", "simulcast": False}
+
+# What python publishes to the page.
+PY_WIDTH, PY_HEIGHT, PY_FPS = 320, 240, 20
+
+
+async def test_chromium_decodes_its_own_camera_over_loopback(browsers: Browsers) -> None:
+    """The test machinery alone, no server: Chromium sends its fake camera
+    from one peer connection to another in the page, over host candidates on
+    the namespace's 127.0.0.2, and decodes it. When this passes and the tests
+    below fail, look at the server."""
+    async with browsers:
+        page = await browsers.open("selftest")
+        result = await page.call("loopbackSelfTest", {"frames": FRAMES}, 20_000, timeout=25)
+        assert result["inbound"]["framesDecoded"] >= FRAMES, result
+        assert any(" 127.0.0.2 " in c and "typ host" in c for c in result["candidates"]), (
+            f"Chromium offered no host candidate on 127.0.0.2: {result['candidates']}"
+        )
+
+
+# The page's origin (http://127.0.0.1:<port>) is not the server's, as for any
+# real application: the browser lets the page read an HTTP answer of the
+# server's only if it allows that origin.
+PAGE_ORIGIN = "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("path", ["/rtc/validate", "/rtc/v1/validate"])
+def test_validate_answers_cross_origin_requests(server: Server, path: str) -> None:
+    """livekit-client tries /rtc/v1 first; when the WebSocket fails it asks
+    /rtc/v1/validate with fetch() and falls back to /rtc only on a 404 that it
+    can read. Without Access-Control-Allow-Origin the fetch fails as a network
+    error and connect() gives up ("could not establish signal connection:
+    Failed to fetch"). livekit-server allows every origin."""
+    token = server.token("web", unique("cors"))
+    answer = http_request(
+        f"{server.http_url}{path}?access_token={token}", headers={"Origin": PAGE_ORIGIN}
+    )
+    allowed = answer.headers.get("access-control-allow-origin")
+    assert allowed in ("*", PAGE_ORIGIN), (
+        f"GET {path} from origin {PAGE_ORIGIN} answered {answer.status} without "
+        f"Access-Control-Allow-Origin (headers: {answer.headers}); a browser page cannot read it"
+    )
+
+
+async def connect_page(page: Page, server: Server, room: str, identity: str) -> dict:
+    try:
+        return await page.call(
+            "connect", server.ws_url, server.token(identity, room), {}, CONNECT_TIMEOUT * 1000,
+            timeout=CONNECT_TIMEOUT + 5,
+        )
+    except PageError as e:
+        if "blocked by CORS policy" in page.log_tail(10_000):
+            raise AssertionError(
+                f"{e}\nChromium refused to let the page read the server's answer to "
+                "/rtc/v1/validate (no Access-Control-Allow-Origin), so livekit-client could not "
+                "tell the 404 that makes it fall back to /rtc: see the browser log"
+            ) from None
+        raise
+
+
+async def publish_page(page: Page, **opts) -> dict:
+    try:
+        return await page.call(
+            "publish", opts, PUBLISH_TIMEOUT * 1000, timeout=PUBLISH_TIMEOUT + 5
+        )
+    except PageError as e:
+        if "no response from server" in str(e):
+            raise AssertionError(
+                f"{e}\nlivekit-client sent AddTrackRequest and waited 10 s for the server's "
+                "TrackPublishedResponse"
+            ) from None
+        raise
+
+
+def connected_pcs(info: dict) -> list[dict]:
+    return [pc for pc in info["pcs"] if pc["connection"] == "connected"]
+
+
+async def test_page_connects_and_meets_a_python_participant(
+    server: Server, browsers: Browsers
+) -> None:
+    room = unique("web-meet")
+    async with Clients(server) as clients, browsers:
+        py = await clients.join(room, "py", name="Py")
+        page = await browsers.open("web")
+
+        joined = await connect_page(page, server, room, "web")
+        assert joined["state"] == "connected", joined
+        assert joined["roomName"] == room
+        assert joined["local"]["identity"] == "web"
+        assert joined["local"]["sid"], "the page got no participant sid"
+        assert joined["roomSid"], "the page got no room sid"
+        # room.connect resolves once the primary peer connection is up: ICE and
+        # DTLS have worked between Chromium and the server
+        assert connected_pcs(joined), f"no connected peer connection: {joined['pcs']}"
+
+        # the page finds python already there, with its name
+        seen = await page.call("waitForParticipant", "py", EVENT_TIMEOUT * 1000)
+        assert seen["sid"] == py.room.local_participant.sid
+        assert seen["name"] == "Py"
+
+        # python sees the page arrive, as the same participant
+        arrived = await py.wait_event(
+            "participant_connected",
+            lambda e: e.participant.identity == "web",
+            what="python to see the page join",
+        )
+        assert arrived.participant.sid == joined["local"]["sid"]
+
+        # python leaves: the page sees it go
+        await py.disconnect()
+        await wait_until_page_event(page, "participantDisconnected", "py")
+
+        # the page is still connected afterwards
+        state = await page.call("state")
+        assert state["state"] == "connected", state
+
+
+async def wait_until_page_event(page: Page, name: str, identity: str, timeout: float = EVENT_TIMEOUT) -> dict:
+    async def seen():
+        events = await page.call("events")
+        hits = [e for e in events if e["name"] == name and e.get("identity") == identity]
+        return hits[0] if hits else None
+
+    return await wait_until(seen, timeout=timeout, what=f"the page to see {name} of {identity}", interval=0.3)
+
+
+async def test_page_publishes_camera_and_microphone_to_python(
+    server: Server, browsers: Browsers
+) -> None:
+    room = unique("web-pub")
+    async with Clients(server) as clients, browsers:
+        sub = await clients.join(room, "py-sub")
+        subscribed: dict[str, rtc.Track] = {}
+
+        def on_subscribed(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+            if p.identity == "web":
+                kind = "video" if pub.kind == rtc.TrackKind.KIND_VIDEO else "audio"
+                subscribed[kind] = track
+
+        sub.room.on("track_subscribed", on_subscribed)
+
+        page = await browsers.open("web")
+        await connect_page(page, server, room, "web")
+        published = await publish_page(page, camera=True, microphone=True, **PAGE_VIDEO)
+        kinds = sorted(t["kind"] for t in published["tracks"])
+        assert kinds == ["audio", "video"], published
+
+        try:
+            await wait_until(
+                lambda: "video" in subscribed and "audio" in subscribed,
+                timeout=MEDIA_TIMEOUT,
+                what="python to subscribe to the page's camera and microphone",
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}; page sender stats: {await page.call('publisherStats')}") from None
+
+        sizes: collections.Counter[tuple[int, int]] = collections.Counter()
+        stream = rtc.VideoStream(subscribed["video"])
+        try:
+            async def read_frames() -> None:
+                async for ev in stream:
+                    sizes[(ev.frame.width, ev.frame.height)] += 1
+                    if sum(sizes.values()) >= FRAMES:
+                        return
+
+            try:
+                await asyncio.wait_for(read_frames(), MEDIA_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise AssertionError(
+                    f"python decoded {sum(sizes.values())} of {FRAMES} video frames from the page "
+                    f"within {MEDIA_TIMEOUT}s (sizes {dict(sizes)}); page sender stats: "
+                    f"{await page.call('publisherStats')}"
+                ) from None
+        finally:
+            await stream.aclose()
+
+        # The frames are the size the page's encoder sends: Chromium may send
+        # less than the camera's 640x360 while its bandwidth estimate is low,
+        # but always the camera's 16:9 shape, never more.
+        sent = await page.call("publisherStats")
+        video_out = [o for t in sent if t["kind"] == "video" for o in (t["stats"] or {}).get("outbound", [])]
+        sent_sizes = {(o.get("frameWidth"), o.get("frameHeight")) for o in video_out}
+        for (w, h), n in sizes.items():
+            assert w <= PAGE_VIDEO["width"] and h <= PAGE_VIDEO["height"], (w, h)
+            assert abs(w * 9 - h * 16) <= 16, f"frames of {w}x{h} are not 16:9: {dict(sizes)}"
+        assert max(sizes, key=sizes.get) in sent_sizes or len(sizes) > 1, (
+            f"python decoded {dict(sizes)}, the page sends {sent_sizes}"
+        )
+
+
+async def publish_python_video(room: rtc.Room, stop: asyncio.Event) -> asyncio.Task:
+    """Publish a moving test pattern from python; returns the task feeding it."""
+    source = rtc.VideoSource(PY_WIDTH, PY_HEIGHT)
+    track = rtc.LocalVideoTrack.create_video_track("py-cam", source)
+    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+    try:
+        await asyncio.wait_for(room.local_participant.publish_track(track, opts), PUBLISH_TIMEOUT)
+    except (asyncio.TimeoutError, PublishTrackError) as e:
+        raise AssertionError(
+            f"python's publish_track failed ({type(e).__name__}: {e}); it waits for the "
+            "server's TrackPublishedResponse to its AddTrackRequest"
+        ) from None
+
+    async def feed() -> None:
+        n = 0
+        stride = PY_WIDTH * 4
+        while not stop.is_set():
+            buf = bytearray(PY_WIDTH * PY_HEIGHT * 4)
+            # a bright bar that moves down the picture, so every frame differs
+            row = (n * 4) % PY_HEIGHT
+            for y in range(row, min(row + 16, PY_HEIGHT)):
+                buf[y * stride:(y + 1) * stride] = b"\xff\x80\x20\xff" * PY_WIDTH
+            source.capture_frame(rtc.VideoFrame(PY_WIDTH, PY_HEIGHT, rtc.VideoBufferType.RGBA, buf))
+            n += 1
+            await asyncio.sleep(1 / PY_FPS)
+
+    return asyncio.create_task(feed())
+
+
+async def test_page_subscribes_to_python_video(server: Server, browsers: Browsers) -> None:
+    room = unique("web-sub")
+    stop = asyncio.Event()
+    feeder = None
+    async with Clients(server) as clients, browsers:
+        try:
+            # the page is there first: the track arrives while it is connected
+            page = await browsers.open("web")
+            await connect_page(page, server, room, "web")
+
+            pub = await clients.join(room, "py-pub")
+            feeder = await publish_python_video(pub.room, stop)
+            await page.call("waitForParticipant", "py-pub", EVENT_TIMEOUT * 1000)
+            t = time.monotonic()
+            await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000,
+                            timeout=MEDIA_TIMEOUT + 5)
+            left = max(5.0, MEDIA_TIMEOUT - (time.monotonic() - t))
+            stats = await page.call("waitForFramesDecoded", "py-pub", FRAMES, left * 1000,
+                                    timeout=left + 5)
+            assert stats["framesDecoded"] >= FRAMES, stats
+            assert stats["codec"], stats
+            w, h = stats["frameWidth"], stats["frameHeight"]
+            # python's encoder may scale down under load, never up, keeping 4:3
+            assert 0 < w <= PY_WIDTH and 0 < h <= PY_HEIGHT, stats
+            assert abs(w * 3 - h * 4) <= 8, f"decoded {w}x{h} is not 4:3: {stats}"
+        finally:
+            stop.set()
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)

@@ -1,0 +1,704 @@
+"""The media plane through the python SDK (livekit.rtc): audio and video
+forwarded from a publisher to its subscribers, data packets, mute, server-side
+unsubscription and unpublishing.
+
+What is checked is what arrives, decoded, at the subscriber: the dominant
+frequency of a sine tone, the colour of a solid video frame, the payloads of
+data packets in order. The first two tests check the helpers that do that on
+synthetic input, without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import numpy as np
+from livekit import api, rtc
+
+from harness import (
+    EVENT_TIMEOUT,
+    FRAME_SAMPLES,
+    MEDIA_TIMEOUT,
+    SAMPLE_RATE,
+    SUBSCRIBE_TIMEOUT,
+    AudioProbe,
+    Client,
+    Clients,
+    Server,
+    SineGenerator,
+    SolidVideoSender,
+    ToneSender,
+    analyse_tone,
+    centre_rgba,
+    colour_close,
+    dominant_frequency,
+    frame_samples,
+    publish_track,
+    solid_frame,
+    unique,
+    wait_track_subscribed,
+    wait_until,
+    within,
+)
+
+TONE_HZ = 440.0
+TONE_SECONDS = 1.5  # of non-silent audio the subscriber must hear
+SETTLE = 1.5  # how long something that must NOT arrive is given to arrive anyway
+
+VIDEO_W, VIDEO_H = 320, 240
+VIDEO_RGBA = (200, 40, 40, 255)
+COLOUR_TOLERANCE = 40  # per channel, for the codec's loss
+VIDEO_FRAMES = 25  # decoded frames the subscriber checks (at least 20 asked)
+
+DATA_MESSAGES = 500
+# publish_data and data arriving; the first publish_data waits (up to 15 s in
+# the SDK) for the publisher connection to come up
+DATA_TIMEOUT = 20.0
+
+
+def audio_options() -> rtc.TrackPublishOptions:
+    # everything else as the SDK defaults it (Opus, DTX and RED on)
+    return rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+
+
+def video_options(codec: "rtc.VideoCodec.ValueType" = rtc.VideoCodec.VP8) -> rtc.TrackPublishOptions:
+    # One layer, so the test doesn't depend on simulcast layer selection (at
+    # 320x240 the SDK would send one layer anyway), and no downscaling by the
+    # encoder when the machine is busy.
+    return rtc.TrackPublishOptions(
+        source=rtc.TrackSource.SOURCE_CAMERA,
+        simulcast=False,
+        video_codec=codec,
+        degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
+    )
+
+
+async def publish_tone(
+    client: Client, name: str = "tone"
+) -> tuple[ToneSender, rtc.LocalTrackPublication]:
+    sender = ToneSender(TONE_HZ, name=name).start()
+    try:
+        publication = await publish_track(client, sender.track, audio_options())
+    except BaseException:
+        await sender.stop()
+        raise
+    assert publication.sid.startswith("TR_"), f"track sid {publication.sid!r} lacks the TR_ prefix"
+    return sender, publication
+
+
+def remote_publication(
+    client: Client, identity: str, sid: str
+) -> rtc.RemoteTrackPublication | None:
+    participant = client.room.remote_participants.get(identity)
+    return participant.track_publications.get(sid) if participant else None
+
+
+def data_from(client: Client, identity: str, topic: str | None = None) -> list[rtc.DataPacket]:
+    packets = [e.args[0] for e in client.seen("data_received")]
+    return [
+        p
+        for p in packets
+        if p.participant is not None
+        and p.participant.identity == identity
+        and (topic is None or p.topic == topic)
+    ]
+
+
+# --------------------------------------------------------------------------
+# the helpers themselves, on synthetic input (no server)
+
+
+def test_helpers_tone_analysis_on_synthetic_audio() -> None:
+    gen = SineGenerator(TONE_HZ)
+    silence = [np.zeros(FRAME_SAMPLES) for _ in range(50)]
+    tone = [gen.samples().astype(np.float64) for _ in range(150)]
+    report = analyse_tone(silence + tone)
+    assert abs(report.frequency - TONE_HZ) < 1.0, report.describe()
+    assert report.loud_seconds == 1.5 and report.analysed_seconds == 1.5
+    assert report.tone_share > 0.95
+    assert report.has_tone(TONE_HZ, min_seconds=TONE_SECONDS)
+    assert not report.has_tone(TONE_HZ, min_seconds=2.0)
+
+    # frames made by the sender's own path (AudioFrame) read back the same
+    frame = SineGenerator(TONE_HZ).frame()
+    assert frame.samples_per_channel == FRAME_SAMPLES and frame.sample_rate == SAMPLE_RATE
+    assert np.array_equal(frame_samples(frame), SineGenerator(TONE_HZ).samples().astype(np.float64))
+
+    # a tone under noise is still found; noise alone, another tone or silence is not the tone
+    rng = np.random.default_rng(1)
+    noisy = [f + rng.normal(0, 1000, FRAME_SAMPLES) for f in tone]
+    assert analyse_tone(noisy).has_tone(TONE_HZ, min_seconds=TONE_SECONDS)
+    noise = [rng.normal(0, 5000, FRAME_SAMPLES) for _ in range(150)]
+    assert not analyse_tone(noise).has_tone(TONE_HZ, min_seconds=1.0)
+    other = SineGenerator(880.0)
+    assert not analyse_tone([other.samples().astype(np.float64) for _ in range(150)]).has_tone(
+        TONE_HZ, min_seconds=1.0
+    )
+    off_by_15 = SineGenerator(TONE_HZ + 15)
+    assert not analyse_tone([off_by_15.samples().astype(np.float64) for _ in range(150)]).has_tone(
+        TONE_HZ, min_seconds=1.0
+    )
+    quiet = analyse_tone(silence)
+    assert quiet.loud_seconds == 0 and not quiet.has_tone(TONE_HZ, min_seconds=0.1)
+    assert analyse_tone([]).frames == 0
+    freq, share = dominant_frequency(np.concatenate(tone)[:SAMPLE_RATE], SAMPLE_RATE)
+    assert abs(freq - TONE_HZ) < 0.5 and share > 0.95
+
+
+def test_helpers_colour_check_on_synthetic_frames() -> None:
+    frame = solid_frame(VIDEO_W, VIDEO_H, VIDEO_RGBA)
+    assert centre_rgba(frame) == VIDEO_RGBA
+    # through I420 and back, as a decoded frame comes
+    i420 = frame.convert(rtc.VideoBufferType.I420)
+    assert (i420.width, i420.height, i420.type) == (VIDEO_W, VIDEO_H, rtc.VideoBufferType.I420)
+    px = centre_rgba(i420)
+    assert colour_close(px, VIDEO_RGBA, 8), px
+    assert not colour_close(
+        centre_rgba(solid_frame(VIDEO_W, VIDEO_H, (40, 40, 200, 255))), VIDEO_RGBA, COLOUR_TOLERANCE
+    )
+    assert not colour_close(
+        centre_rgba(solid_frame(VIDEO_W, VIDEO_H, (0, 0, 0, 255))), VIDEO_RGBA, COLOUR_TOLERANCE
+    )
+    # only the centre counts: a frame with a different centre is caught
+    data = bytearray(bytes(VIDEO_RGBA) * (VIDEO_W * VIDEO_H))
+    i = ((VIDEO_H // 2) * VIDEO_W + VIDEO_W // 2) * 4
+    data[i : i + 4] = bytes((0, 255, 0, 255))
+    odd = rtc.VideoFrame(VIDEO_W, VIDEO_H, rtc.VideoBufferType.RGBA, data)
+    assert not colour_close(centre_rgba(odd), VIDEO_RGBA, COLOUR_TOLERANCE)
+
+
+# --------------------------------------------------------------------------
+# audio and video
+
+
+async def test_audio_tone_reaches_the_subscriber(server: Server) -> None:
+    room = unique("audio")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+        sender, publication = await publish_tone(alice, "tone")
+        probe = None
+        try:
+            subscribed = await wait_track_subscribed(bob, publication.sid)
+            track, pub, _ = subscribed.args
+            assert subscribed.participant.identity == "alice"
+            assert isinstance(
+                track, rtc.RemoteAudioTrack
+            ), f"expected an audio track, got {track!r}"
+            assert pub.kind == rtc.TrackKind.KIND_AUDIO
+            assert pub.name == "tone"
+            assert pub.source == rtc.TrackSource.SOURCE_MICROPHONE
+            assert track.sid == publication.sid
+
+            probe = AudioProbe(track, "bob")
+            report = await probe.wait_for_tone(
+                TONE_HZ, min_seconds=TONE_SECONDS, what="alice's tone at bob"
+            )
+            sender.check()
+            assert report.rms > 1000, f"the tone arrived too quiet: {report.describe()}"
+        finally:
+            if probe is not None:
+                await probe.close()
+            await sender.stop()
+
+
+# The SFU forwards RTP without looking inside, so every codec libwebrtc negotiates must
+# arrive decodable.
+VIDEO_CODECS = {
+    "vp8": (rtc.VideoCodec.VP8, "video/vp8"),
+    "vp9": (rtc.VideoCodec.VP9, "video/vp9"),
+    "h264": (rtc.VideoCodec.H264, "video/h264"),
+    "av1": (rtc.VideoCodec.AV1, "video/av1"),
+}
+
+
+@pytest.mark.parametrize("codec_name", list(VIDEO_CODECS))
+async def test_video_frames_reach_the_subscriber(server: Server, codec_name: str) -> None:
+    codec, mime = VIDEO_CODECS[codec_name]
+    room = unique(f"video-{codec_name}")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+        # frames flow into the source before it is published, so the encoder
+        # never sees the SDK's black keep-alive frames
+        sender = SolidVideoSender(VIDEO_W, VIDEO_H, VIDEO_RGBA, name="solid").start()
+        stream = None
+        try:
+            publication = await publish_track(alice, sender.track, video_options(codec))
+            subscribed = await wait_track_subscribed(bob, publication.sid)
+            track, pub, _ = subscribed.args
+            assert pub.mime_type.lower() == mime, f"track mime type {pub.mime_type!r}, want {mime}"
+            assert subscribed.participant.identity == "alice"
+            assert isinstance(track, rtc.RemoteVideoTrack), f"expected a video track, got {track!r}"
+            assert pub.kind == rtc.TrackKind.KIND_VIDEO
+            assert pub.name == "solid"
+            assert pub.source == rtc.TrackSource.SOURCE_CAMERA
+            assert not pub.simulcasted, "published without simulcast, yet marked simulcasted"
+
+            stream = rtc.VideoStream(track)
+            frames: list[tuple[int, int, tuple[int, int, int, int]]] = []
+
+            async def read() -> None:
+                async for event in stream:
+                    f = event.frame
+                    frames.append((f.width, f.height, centre_rgba(f)))
+                    if len(frames) >= VIDEO_FRAMES:
+                        return
+
+            try:
+                await asyncio.wait_for(read(), MEDIA_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+            assert len(frames) >= 20, (
+                f"bob decoded {len(frames)} video frames within {MEDIA_TIMEOUT}s "
+                f"(alice captured {sender.frames_sent}); at least 20 wanted"
+            )
+            sizes = sorted({(w, h) for w, h, _ in frames})
+            assert sizes == [
+                (VIDEO_W, VIDEO_H)
+            ], f"decoded frame sizes {sizes}, want only {VIDEO_W}x{VIDEO_H}"
+            off = [
+                (i, px)
+                for i, (_, _, px) in enumerate(frames)
+                if not colour_close(px, VIDEO_RGBA, COLOUR_TOLERANCE)
+            ]
+            assert not off, (
+                f"{len(off)} of {len(frames)} frames have a centre pixel further than "
+                f"{COLOUR_TOLERANCE} from {VIDEO_RGBA[:3]}: {off[:5]}"
+            )
+        finally:
+            if stream is not None:
+                try:
+                    await asyncio.wait_for(stream.aclose(), 5)
+                except Exception:
+                    pass
+            await sender.stop()
+
+
+async def test_audio_fans_out_to_an_early_and_a_late_subscriber(server: Server) -> None:
+    room = unique("fanout")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+        sender, publication = await publish_tone(alice)
+        probes: list[AudioProbe] = []
+        try:
+            # bob was there when alice published
+            bob_sub = await wait_track_subscribed(bob, publication.sid)
+            probes.append(AudioProbe(bob_sub.args[0], "bob (joined before the publication)"))
+
+            # carol joins after it: she finds the track in her JoinResponse
+            carol = await clients.join(room, "carol")
+            pub = await wait_until(
+                lambda: remote_publication(carol, "alice", publication.sid),
+                what="carol to find alice's track when she joins",
+            )
+            assert pub.kind == rtc.TrackKind.KIND_AUDIO and pub.name == "tone"
+            carol_sub = await wait_track_subscribed(carol, publication.sid)
+            assert carol_sub.participant.identity == "alice"
+            probes.append(AudioProbe(carol_sub.args[0], "carol (joined after the publication)"))
+
+            # both hear it at the same time, after carol's arrival
+            since = asyncio.get_running_loop().time()
+            await asyncio.gather(
+                *(
+                    p.wait_for_tone(
+                        TONE_HZ, min_seconds=TONE_SECONDS, since=since, what="alice's tone"
+                    )
+                    for p in probes
+                )
+            )
+            sender.check()
+        finally:
+            for p in probes:
+                await p.close()
+            await sender.stop()
+
+
+# --------------------------------------------------------------------------
+# data packets
+
+
+async def test_reliable_data_arrives_complete_and_in_order(server: Server) -> None:
+    room = unique("data")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+        sent = [f"message {i:04d} from alice".encode() for i in range(DATA_MESSAGES)]
+        # The first publish_data opens alice's publisher connection (data
+        # channels "_reliable" and "_lossy") and waits for it, up to 15 s.
+        for i, payload in enumerate(sent):
+            await within(
+                alice.room.local_participant.publish_data(payload, reliable=True, topic="seq"),
+                DATA_TIMEOUT,
+                f"alice's publish_data of message {i}",
+            )
+
+        try:
+            await wait_until(
+                lambda: len(bob.seen("data_received")) >= DATA_MESSAGES,
+                timeout=DATA_TIMEOUT,
+                what=f"bob to receive {DATA_MESSAGES} data packets",
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}: he got {len(bob.seen('data_received'))}") from None
+        await asyncio.sleep(0.5)  # nothing more (no duplicates) may follow
+        packets = [e.args[0] for e in bob.seen("data_received")]
+        got = [p.data for p in packets]
+        assert len(got) == DATA_MESSAGES, f"bob got {len(got)} packets for {DATA_MESSAGES} sent"
+        if got != sent:
+            first_bad = next(i for i, (g, s) in enumerate(zip(got, sent)) if g != s)
+            raise AssertionError(
+                f"packet {first_bad} is {got[first_bad]!r}, want {sent[first_bad]!r}: "
+                "reliable data must arrive complete and in order"
+            )
+        senders = {p.participant.identity if p.participant else None for p in packets}
+        assert senders == {"alice"}, (
+            f"sender identities {senders}: the forwarded DataPacket must name alice "
+            "(participant_identity / participant_sid)"
+        )
+        assert {p.topic for p in packets} == {"seq"}
+        assert {p.kind for p in packets} == {rtc.DataPacketKind.KIND_RELIABLE}
+        assert not alice.seen("data_received"), "alice got her own data back"
+
+
+async def test_room_service_send_data_reaches_the_named_participants(server: Server) -> None:
+    room = unique("send-data")
+    async with Clients(server) as clients, server.api() as lk:
+        bob = await clients.join(room, "bob")
+        carol = await clients.join(room, "carol")
+        await wait_until(lambda: "carol" in bob.room.remote_participants, what="bob to see carol")
+        await lk.room.send_data(
+            api.SendDataRequest(
+                room=room, data=b"to carol", destination_identities=["carol"], topic="admin"
+            )
+        )
+        await lk.room.send_data(api.SendDataRequest(room=room, data=b"to all", topic="admin"))
+        await wait_until(
+            lambda: len(bob.seen("data_received")) >= 1 and len(carol.seen("data_received")) >= 2,
+            timeout=DATA_TIMEOUT,
+            what="the server's data packets to arrive",
+        )
+        await asyncio.sleep(0.5)
+        assert [e.args[0].data for e in carol.seen("data_received")] == [b"to carol", b"to all"]
+        assert [e.args[0].data for e in bob.seen("data_received")] == [b"to all"]
+        assert {e.args[0].topic for e in carol.seen("data_received")} == {"admin"}
+
+
+async def test_client_unsubscribe_stops_the_track(server: Server) -> None:
+    """The subscriber's own UpdateSubscription (set_subscribed(False)) ends the subscription."""
+    room = unique("client-unsub")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+        sender, publication = await publish_tone(alice)
+        try:
+            await wait_track_subscribed(bob, publication.sid)
+            remote_pub = bob.room.remote_participants["alice"].track_publications[publication.sid]
+            remote_pub.set_subscribed(False)
+            await wait_until(
+                lambda: any(
+                    e.name == "track_unsubscribed" and e.args[1].sid == publication.sid
+                    for e in bob.events
+                ),
+                timeout=SUBSCRIBE_TIMEOUT,
+                what="bob's track_unsubscribed after set_subscribed(False)",
+            )
+            assert publication.sid in bob.room.remote_participants["alice"].track_publications
+        finally:
+            await sender.stop()
+
+
+async def test_data_goes_only_to_its_destination_identities(server: Server) -> None:
+    room = unique("data-dest")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        carol = await clients.join(room, "carol")
+        for c in (bob, carol):
+            await wait_until(
+                lambda c=c: "alice" in c.room.remote_participants, what=f"{c.label} to see alice"
+            )
+        me = alice.room.local_participant
+
+        await within(
+            me.publish_data(
+                b"for carol only", reliable=True, destination_identities=["carol"], topic="dm"
+            ),
+            DATA_TIMEOUT,
+            "publish_data to carol",
+        )
+        # a positive control, sent after it on the same ordered channel: once
+        # bob has it, the private packet would have reached him before it
+        await within(
+            me.publish_data(b"for everyone", reliable=True, topic="all"),
+            DATA_TIMEOUT,
+            "publish_data to everyone",
+        )
+
+        got = await wait_until(
+            lambda: data_from(carol, "alice", "dm"),
+            timeout=DATA_TIMEOUT,
+            what="carol to get the packet sent to her",
+        )
+        assert [p.data for p in got] == [b"for carol only"]
+        await wait_until(
+            lambda: data_from(bob, "alice", "all"),
+            timeout=DATA_TIMEOUT,
+            what="bob to get the broadcast packet",
+        )
+        await wait_until(
+            lambda: data_from(carol, "alice", "all"),
+            timeout=DATA_TIMEOUT,
+            what="carol to get the broadcast packet",
+        )
+        await asyncio.sleep(SETTLE)
+
+        bob_got = [(p.topic, p.data) for p in data_from(bob, "alice")]
+        assert bob_got == [
+            ("all", b"for everyone")
+        ], f"bob got {bob_got}: a packet with destination_identities=['carol'] must not reach him"
+        assert [(p.topic, p.data) for p in data_from(carol, "alice")] == [
+            ("dm", b"for carol only"),
+            ("all", b"for everyone"),
+        ]
+
+
+# --------------------------------------------------------------------------
+# track state
+
+
+async def test_mute_and_unmute_reach_the_other_participant(server: Server) -> None:
+    room = unique("mute")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+        sender, publication = await publish_tone(alice)
+        try:
+            sid = publication.sid
+            # muting is signalling only: the publication (ParticipantUpdate) is enough
+            await bob.wait_event(
+                "track_published",
+                lambda e: e.args[0].sid == sid,
+                timeout=SUBSCRIBE_TIMEOUT,
+                what="bob to see alice's track published",
+            )
+            assert not remote_publication(bob, "alice", sid).muted
+
+            sender.track.mute()  # the SDK sends MuteTrackRequest{sid, muted: true}
+            ev = await bob.wait_event(
+                "track_muted",
+                lambda e: e.args[1].sid == sid,
+                what="bob to see alice's track muted (TrackInfo.muted in a ParticipantUpdate)",
+            )
+            assert ev.participant.identity == "alice"
+            assert remote_publication(bob, "alice", sid).muted
+            async with server.api() as lk:
+
+                async def muted_on_server(want: bool) -> bool:
+                    info = await lk.room.get_participant(
+                        api.RoomParticipantIdentity(room=room, identity="alice")
+                    )
+                    return any(t.sid == sid and t.muted == want for t in info.tracks)
+
+                await wait_until(
+                    lambda: muted_on_server(True), what="GetParticipant to show the track muted"
+                )
+
+                sender.track.unmute()
+                ev = await bob.wait_event(
+                    "track_unmuted",
+                    lambda e: e.args[1].sid == sid,
+                    what="bob to see alice's track unmuted",
+                )
+                assert ev.participant.identity == "alice"
+                assert not remote_publication(bob, "alice", sid).muted
+                await wait_until(
+                    lambda: muted_on_server(False), what="GetParticipant to show the track unmuted"
+                )
+            assert len(bob.seen("track_muted")) == 1 and len(bob.seen("track_unmuted")) == 1
+        finally:
+            await sender.stop()
+
+
+async def _unsubscribe_bob(
+    clients: Clients, lk: api.LiveKitAPI, probes: list[AudioProbe]
+) -> tuple[str, str, ToneSender, Client]:
+    """alice publishes a tone, bob hears it, then RoomService.UpdateSubscriptions
+    (subscribe=False) for bob must stop it reaching him, while the track stays
+    published. Returns the room, the track sid, the running sender and bob.
+
+    The python SDK (its Rust core) emits `track_unsubscribed` only when the
+    *client* unsubscribes, when the track is unpublished or its publisher
+    leaves, or when a new media track replaces the old one; it ignores
+    libwebrtc's OnRemoveTrack. A server-side unsubscription (the subscriber
+    offer no longer sending the track) therefore shows up as the media
+    stopping, which is what is checked; a `track_unsubscribed` is allowed but
+    not required.
+    """
+    room = unique("unsub")
+    alice = await clients.join(room, "alice")
+    bob = await clients.join(room, "bob")
+    await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+    sender, publication = await publish_tone(alice)
+    sid = publication.sid
+    try:
+        sub = await wait_track_subscribed(bob, sid)
+        probes.append(AudioProbe(sub.args[0], "bob"))
+        await probes[0].wait_for_tone(
+            TONE_HZ, min_seconds=0.5, what="alice's tone before unsubscribing"
+        )
+
+        await lk.room.update_subscriptions(
+            api.UpdateSubscriptionsRequest(
+                room=room, identity="bob", track_sids=[sid], subscribe=False
+            )
+        )
+        off_at = asyncio.get_running_loop().time()
+        await probes[0].wait_for_silence(
+            since=off_at, what="UpdateSubscriptions(subscribe=False) to stop alice's audio to bob"
+        )
+        sender.check()
+        assert (
+            remote_publication(bob, "alice", sid) is not None
+        ), "after the unsubscription bob must still see alice's track as published"
+        assert not bob.seen(
+            "track_unpublished"
+        ), "unsubscribing bob must not unpublish alice's track"
+    except BaseException:
+        await sender.stop()
+        raise
+    return room, sid, sender, bob
+
+
+async def test_update_subscriptions_false_stops_forwarding(server: Server) -> None:
+    probes: list[AudioProbe] = []
+    async with Clients(server) as clients, server.api() as lk:
+        try:
+            _, _, sender, _ = await _unsubscribe_bob(clients, lk, probes)
+            await sender.stop()
+        finally:
+            for p in probes:
+                await p.close()
+
+
+async def test_unpublish_reaches_the_other_participant(server: Server) -> None:
+    room = unique("unpub")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+
+        sender, publication = await publish_tone(alice)
+        try:
+            sid = publication.sid
+            await bob.wait_event(
+                "track_published",
+                lambda e: e.args[0].sid == sid,
+                timeout=SUBSCRIBE_TIMEOUT,
+                what="bob to see alice's track published",
+            )
+            async with server.api() as lk:
+
+                async def alice_tracks() -> list[str]:
+                    info = await lk.room.get_participant(
+                        api.RoomParticipantIdentity(room=room, identity="alice")
+                    )
+                    return [t.sid for t in info.tracks]
+
+                async def listed() -> bool:
+                    return sid in await alice_tracks()
+
+                async def dropped() -> bool:
+                    return sid not in await alice_tracks()
+
+                await wait_until(listed, what="GetParticipant to list alice's track")
+
+                # The SDK sends no signal message for this: it removes the
+                # sender and renegotiates, so the server learns it from the
+                # publisher's next offer.
+                await within(
+                    alice.room.local_participant.unpublish_track(sid),
+                    EVENT_TIMEOUT,
+                    "unpublish_track",
+                )
+                ev = await bob.wait_event(
+                    "track_unpublished",
+                    lambda e: e.args[0].sid == sid,
+                    timeout=SUBSCRIBE_TIMEOUT,
+                    what="bob to see alice's track unpublished",
+                )
+                assert ev.participant.identity == "alice"
+                assert remote_publication(bob, "alice", sid) is None
+                await wait_until(dropped, what="GetParticipant to drop alice's track")
+            assert alice.room.isconnected() and bob.room.isconnected()
+            assert (
+                "alice" in bob.room.remote_participants
+            ), "unpublishing must not look like leaving"
+        finally:
+            await sender.stop()
+
+
+async def test_update_subscriptions_true_resumes_forwarding(server: Server) -> None:
+    """After subscribe=False, subscribe=True brings alice's audio back to bob:
+    on the same media track (the server reactivates the m-section) or on a new
+    one (then the SDK emits track_subscribed again).
+
+    Careful: a subscriber offer that repeats an a=msid of another m-section
+    (say an old inactive one) makes the SDK panic while parsing it, which
+    aborts the whole test process.
+    """
+    probes: list[AudioProbe] = []
+    loop = asyncio.get_running_loop()
+    async with Clients(server) as clients, server.api() as lk:
+        sender = None
+        try:
+            room, sid, sender, bob = await _unsubscribe_bob(clients, lk, probes)
+            events_before = len(bob.events)
+            await lk.room.update_subscriptions(
+                api.UpdateSubscriptionsRequest(
+                    room=room, identity="bob", track_sids=[sid], subscribe=True
+                )
+            )
+            on_at = loop.time()
+
+            async def tone_back() -> bool:
+                for e in bob.events[events_before:]:
+                    if (
+                        e.name == "track_subscribed"
+                        and e.args[1].sid == sid
+                        and all(p.track is not e.args[0] for p in probes)
+                    ):
+                        probes.append(AudioProbe(e.args[0], "bob (track subscribed again)"))
+                return any(p.report(on_at).has_tone(TONE_HZ, min_seconds=0.5) for p in probes)
+
+            try:
+                await wait_until(
+                    tone_back,
+                    timeout=SUBSCRIBE_TIMEOUT + MEDIA_TIMEOUT,
+                    interval=0.1,
+                    what="alice's tone to reach bob again after UpdateSubscriptions(subscribe=True)",
+                )
+            except AssertionError as e:
+                reports = "; ".join(f"{p.label}: {p.report(on_at).describe()}" for p in probes)
+                raise AssertionError(f"{e}: {reports}") from None
+            sender.check()
+        finally:
+            for p in probes:
+                await p.close()
+            if sender is not None:
+                await sender.stop()
