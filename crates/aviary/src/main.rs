@@ -1,12 +1,13 @@
 //! `aviary`: the LiveKit-compatible SFU and its command-line tools.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
+mod remote;
+mod room;
+mod serve;
+mod token;
+
 use std::process::ExitCode;
 
-use anyhow::Context;
-use aviary_server::config::{self, Overrides};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "aviary", version, about = "A LiveKit-compatible WebRTC SFU")]
@@ -18,100 +19,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
-}
-
-/// Flags mirror livekit-server's, so that it can be swapped in.
-#[derive(Args)]
-struct ServeArgs {
-    /// Development mode: API key `devkey`, secret `secret`, loopback only, debug logs.
-    #[arg(long)]
-    dev: bool,
-    /// Path to a livekit.yaml-style config file.
-    #[arg(long, env = "LIVEKIT_CONFIG_FILE")]
-    config: Option<PathBuf>,
-    /// Config as a YAML string (env LIVEKIT_CONFIG).
-    #[arg(long, env = "LIVEKIT_CONFIG")]
-    config_body: Option<String>,
-    /// IP address to listen on (repeatable).
-    #[arg(long)]
-    bind: Vec<String>,
-    /// HTTP/WebSocket port (default 7880).
-    #[arg(long)]
-    port: Option<u16>,
-    /// First UDP port for media (worker N uses port + N; default 7882 in dev mode).
-    #[arg(long)]
-    udp_port: Option<u16>,
-    /// ICE/TCP port (default 7881).
-    #[arg(long)]
-    tcp_port: Option<u16>,
-    /// IP advertised in ICE candidates.
-    #[arg(long)]
-    node_ip: Option<IpAddr>,
-    /// API keys as "key: secret" (env LIVEKIT_KEYS).
-    #[arg(long, env = "LIVEKIT_KEYS")]
-    keys: Option<String>,
-    /// File of "key: secret" lines.
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// Redis host:port (accepted; multi-node is not implemented yet).
-    #[arg(long)]
-    redis_host: Option<String>,
-}
-
-fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // Our crates at the configured level; str0m's per-packet chatter one level quieter.
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},str0m=info,is=info,dimpl=info,sctp_proto=info"
-        ))
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides {
-        dev: args.dev,
-        config_file: args.config,
-        config_body: args.config_body,
-        bind: args.bind,
-        port: args.port,
-        udp_port: args.udp_port,
-        tcp_port: args.tcp_port,
-        node_ip: args.node_ip,
-        keys: args.keys,
-        key_file: args.key_file,
-        redis_host: args.redis_host,
-    };
-    let loaded = match config::load(&overrides) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("aviary: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    init_logging(&loaded.config.logging.level, loaded.config.logging.json);
-    for key in &loaded.unknown_keys {
-        tracing::warn!(key, "unknown config key ignored");
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(aviary_server::serve(loaded.config))?;
-    Ok(ExitCode::SUCCESS)
+    Serve(serve::ServeArgs),
+    /// Access tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Manage rooms through RoomService.
+    Room(room::RoomArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Token(cmd) => token::run(cmd),
+        Command::Room(args) => room::run(args),
     };
     match result {
         Ok(code) => code,
