@@ -234,6 +234,8 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
     /// `--redis-host`.
     pub redis_host: Option<String>,
+    /// `--prometheus-port`.
+    pub prometheus_port: Option<u16>,
 }
 
 /// A configuration that cannot be used. The text says what and where.
@@ -371,6 +373,9 @@ pub fn load(o: &Overrides) -> Result<Loaded, ConfigError> {
     }
     if let Some(ip) = o.node_ip {
         c.rtc.node_ip = Some(ip);
+    }
+    if let Some(p) = o.prometheus_port {
+        c.prometheus.port = Some(p);
     }
     if let Some(host) = &o.redis_host {
         c.redis.address = host.clone();

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod guid;
 pub mod http;
+pub mod metrics;
 pub mod room;
 pub mod signal;
 pub mod worker;
@@ -63,7 +64,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let node_ip = node_ip(&config);
     let first_udp_port = config.rtc.udp_port.unwrap_or(config.rtc.port_range_start);
+    let metrics = metrics::Metrics::new(threads);
     let workers = WorkerPool::start(&WorkerConfig {
+        metrics: metrics.clone(),
         threads,
         bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         first_udp_port,
@@ -117,6 +120,33 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         info!(%addr, "listening");
         let app = app.clone();
         servers.spawn(async move { axum::serve(listener, app).await });
+    }
+
+    if let Some(port) = config.prometheus.port.or(config.prometheus_port) {
+        let routes = metrics::routes(metrics.clone(), manager.clone());
+        for b in &binds {
+            let Ok(ip) = b.parse::<IpAddr>() else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(%addr, "metrics at /metrics");
+                    let routes = routes.clone();
+                    servers.spawn(async move { axum::serve(listener, routes).await });
+                }
+                Err(e) if ip.is_ipv6() && binds.len() > 1 => {
+                    warn!(%addr, "skipping metrics bind: {e}");
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot bind metrics {addr}: {e}"),
+                    )
+                    .into());
+                }
+            }
+        }
     }
 
     let sweeper = {

@@ -19,6 +19,7 @@ fn subscriber_connects_over_tcp_only() {
         first_udp_port: 0,
         node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         tcp_port: Some(0),
+        metrics: aviary_server::metrics::Metrics::new(1),
     })
     .expect("workers start");
     let tcp_addr = pool.tcp_addr.expect("ICE/TCP enabled");

@@ -33,7 +33,7 @@ pub use consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
 pub use error::{ConsumeError, NegotiateError, SendDataError, TransportError};
 pub use ids::{ConsumerId, ProducerId, TransportId};
 pub use producer::Producer;
-pub use router::{Event, Output, Router, RouterConfig};
+pub use router::{Event, Output, Router, RouterConfig, RouterStats};
 pub use transport::{CloseReason, DataKind, Transport, TransportDirection, TransportOptions};
 
 /// str0m's media types that appear in this crate's API.

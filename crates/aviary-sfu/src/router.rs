@@ -114,8 +114,32 @@ pub enum Event {
     },
 }
 
+/// Counters of a router, for metrics. Totals since the router started, except the counts of
+/// live objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Open transports.
+    pub transports: usize,
+    /// Live producers.
+    pub producers: usize,
+    /// Live consumers.
+    pub consumers: usize,
+    /// RTP packets received from publishers.
+    pub packets_received: u64,
+    /// RTP packets written to consumers.
+    pub packets_forwarded: u64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests_sent: u64,
+    /// NACKs received from subscribers.
+    pub nacks_received: u64,
+    /// PLIs/FIRs received from subscribers.
+    pub keyframe_requests_received: u64,
+}
+
 /// How long to sleep when no transport wants a wake-up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often str0m reports per-stream statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A room's media plane.
 pub struct Router {
@@ -130,6 +154,12 @@ pub struct Router {
     /// Subscriber transports written to while forwarding one packet; driven once at the end.
     touched: Vec<TransportId>,
     now: Instant,
+    packets_received: u64,
+    packets_forwarded: u64,
+    keyframe_requests_sent: u64,
+    /// Feedback counted on transports that are gone, so the totals never go down.
+    retired_nacks: u64,
+    retired_keyframe_requests: u64,
 }
 
 impl Router {
@@ -146,6 +176,11 @@ impl Router {
             sink: Sink::default(),
             touched: Vec::new(),
             now,
+            packets_received: 0,
+            packets_forwarded: 0,
+            keyframe_requests_sent: 0,
+            retired_nacks: 0,
+            retired_keyframe_requests: 0,
         }
     }
 
@@ -164,6 +199,8 @@ impl Router {
             .set_rtp_mode(true)
             // Opus with RED, as LiveKit offers it; forwarded as is when both ends have it.
             .enable_opus(true, true)
+            // Egress stats carry the NACK/PLI counts reported in metrics.
+            .set_stats_interval(Some(STATS_INTERVAL))
             .set_local_ice_credentials(IceCreds {
                 ufrag: options.ice_ufrag.clone(),
                 pass: options.ice_pwd.clone(),
@@ -208,6 +245,7 @@ impl Router {
             .remove(&id)
             .ok_or(TransportError::NotFound(id))?;
         t.rtc.disconnect();
+        self.retire(&t);
         self.forget_transport(id);
         Ok(())
     }
@@ -358,6 +396,7 @@ impl Router {
         if let Some(t) = self.transports.get_mut(&transport) {
             if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.keyframe_requests_sent += 1;
             }
             t.drive(&mut self.sink);
         }
@@ -445,6 +484,35 @@ impl Router {
         self.transports.len()
     }
 
+    /// Counters for metrics.
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            transports: self.transports.len(),
+            producers: self.producers.len(),
+            consumers: self.consumers.len(),
+            packets_received: self.packets_received,
+            packets_forwarded: self.packets_forwarded,
+            keyframe_requests_sent: self.keyframe_requests_sent,
+            nacks_received: self.retired_nacks
+                + self
+                    .transports
+                    .values()
+                    .map(|t| t.nacks_received)
+                    .sum::<u64>(),
+            keyframe_requests_received: self.retired_keyframe_requests
+                + self
+                    .transports
+                    .values()
+                    .map(|t| t.keyframe_requests_received)
+                    .sum::<u64>(),
+        }
+    }
+
+    fn retire(&mut self, t: &Transport) {
+        self.retired_nacks += t.nacks_received;
+        self.retired_keyframe_requests += t.keyframe_requests_received;
+    }
+
     /// After any call that drove transport `id`: act on internal events and reap it if it
     /// failed.
     fn after(&mut self, id: TransportId) {
@@ -454,6 +522,7 @@ impl Router {
         };
         if let Some(mut t) = self.transports.remove(&id) {
             t.rtc.disconnect();
+            self.retire(&t);
         }
         self.sink
             .out
@@ -585,6 +654,7 @@ impl Router {
             return;
         };
         producer.packets += 1;
+        self.packets_received += 1;
         let mut wants_keyframe = false;
         let ext = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
@@ -643,6 +713,7 @@ impl Router {
                 .nackable(c.kind == MediaKind::Video),
             );
             c.packets += 1;
+            self.packets_forwarded += 1;
             if !c.started {
                 c.started = true;
                 wants_keyframe = true;

@@ -160,6 +160,11 @@ pub struct Transport {
     channels: [Option<ChannelId>; 2],
     connected: bool,
     pub(crate) closed: Option<CloseReason>,
+    /// Last cumulative (NACKs, PLIs+FIRs) str0m reported per send m-line.
+    egress_feedback: std::collections::HashMap<Mid, (u64, u64)>,
+    /// NACKs and keyframe requests received from the peer, summed over m-lines.
+    pub(crate) nacks_received: u64,
+    pub(crate) keyframe_requests_received: u64,
 }
 
 impl Transport {
@@ -175,6 +180,9 @@ impl Transport {
             channels: [None, None],
             connected: false,
             closed: None,
+            egress_feedback: std::collections::HashMap::new(),
+            nacks_received: 0,
+            keyframe_requests_received: 0,
         }
     }
 
@@ -439,6 +447,14 @@ impl Transport {
                     kind,
                     data: data.data,
                 }));
+            }
+            str0m::Event::MediaEgressStats(stats) => {
+                // str0m reports running totals; keep the increments.
+                let last = self.egress_feedback.entry(stats.mid).or_insert((0, 0));
+                let plis = stats.plis + stats.firs;
+                self.nacks_received += stats.nacks.saturating_sub(last.0);
+                self.keyframe_requests_received += plis.saturating_sub(last.1);
+                *last = (stats.nacks, plis);
             }
             str0m::Event::ChannelClose(id) => {
                 for slot in &mut self.channels {

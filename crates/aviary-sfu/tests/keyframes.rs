@@ -53,4 +53,8 @@ fn subscriber_plis_are_relayed_and_throttled() {
     let relayed = sim.clients[alice].keyframe_requests() - before;
     // ...reach the publisher, but as at most two requests (one now, one owed).
     assert!((1..=2).contains(&relayed), "relayed {relayed} requests");
+    sim.run_for(Duration::from_secs(3)); // str0m reports feedback counts every 2 s
+    let stats = sim.router.stats();
+    assert!(stats.keyframe_requests_received >= 1, "{stats:?}");
+    assert!(stats.keyframe_requests_sent >= 2, "{stats:?}");
 }

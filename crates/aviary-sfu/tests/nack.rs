@@ -42,6 +42,15 @@ fn subscriber_losses_are_retransmitted() {
         "{dropped} packets dropped, {} never repaired: {missing:?}",
         missing.len()
     );
+    let stats = sim.router.stats();
+    assert!(
+        stats.nacks_received > 0,
+        "the subscriber's NACKs are counted: {stats:?}"
+    );
+    assert!(
+        stats.packets_forwarded >= 225 && stats.packets_received >= 226,
+        "{stats:?}"
+    );
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// Redis host:port (accepted; multi-node is not implemented yet).
     #[arg(long)]
     redis_host: Option<String>,
+    /// Serve Prometheus metrics at /metrics on this port.
+    #[arg(long)]
+    prometheus_port: Option<u16>,
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -74,6 +77,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         keys: args.keys,
         key_file: args.key_file,
         redis_host: args.redis_host,
+        prometheus_port: args.prometheus_port,
     };
     let loaded = match config::load(&overrides) {
         Ok(l) => l,

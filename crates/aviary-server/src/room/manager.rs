@@ -873,6 +873,18 @@ impl RoomManager {
         })
     }
 
+    /// (rooms, participants, published tracks) on this node.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let rooms = self.lock();
+        let participants = rooms.values().map(|r| r.participants().len()).sum();
+        let tracks = rooms
+            .values()
+            .flat_map(|r| r.participants())
+            .map(|p| p.info.tracks.len())
+            .sum();
+        (rooms.len(), participants, tracks)
+    }
+
     /// Closes rooms whose timeouts ran out; returns their names.
     pub fn sweep(&self, now: Instant) -> Vec<String> {
         let mut rooms = self.lock();

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::WorkerMetrics;
 use aviary_sfu::{
     ConsumerId, ConsumerOptions, DataKind, DtlsCert, Event, Output, ProducerId, Protocol, Receive,
-    Router, RouterConfig, TransportDirection, TransportId, TransportOptions, demux,
+    Router, RouterConfig, RouterStats, TransportDirection, TransportId, TransportOptions, demux,
 };
 use livekit_protocol as proto;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -26,6 +27,10 @@ const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 /// TCP connections get tokens from here up.
 const FIRST_TCP: usize = 16;
+/// How often router counters are added to the metrics.
+const STATS_FLUSH: Duration = Duration::from_secs(1);
+/// One media datagram in this many has its forwarding delay measured.
+const DELAY_SAMPLE: u64 = 8;
 /// Datagrams read per turn before timers and commands get their turn.
 const RECV_BATCH: usize = 256;
 /// Longest sleep, so that a lost wake-up costs at most this much.
@@ -63,6 +68,9 @@ struct RoomMedia {
     generations: HashMap<(String, String), u32>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
+    /// What was last added to the metrics from this room's router.
+    reported: RouterStats,
+    reported_dropped_lossy: u64,
     next_timeout: Instant,
 }
 
@@ -107,11 +115,13 @@ pub(super) struct WorkerSetup {
     pub(super) advertised_tcp: Option<SocketAddr>,
     pub(super) cert: DtlsCert,
     pub(super) registry: UfragRegistry,
+    pub(super) metrics: WorkerMetrics,
 }
 
 /// The worker's sockets, apart from its rooms so that a router's outputs can be sent while
 /// the room is borrowed.
 struct Net {
+    metrics: WorkerMetrics,
     socket: mio::net::UdpSocket,
     tcp: HashMap<Token, TcpConn>,
     tcp_by_addr: HashMap<SocketAddr, Token>,
@@ -119,10 +129,13 @@ struct Net {
 
 impl Net {
     fn send(&mut self, registry: &mio::Registry, t: &aviary_sfu::Transmit) {
+        self.metrics.packets_out.inc();
+        self.metrics.bytes_out.inc_by(t.contents.len() as u64);
         match t.proto {
             Protocol::Udp => {
                 if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
                     // UDP: a full buffer drops the datagram, as the network would.
+                    self.metrics.dropped.inc();
                     trace!(dest = %t.destination, "send_to: {e}");
                 }
             }
@@ -134,6 +147,7 @@ impl Net {
                     return;
                 };
                 if conn.wbuf.len() > tcp::MAX_WRITE_BUFFER {
+                    self.metrics.dropped.inc();
                     trace!(dest = %t.destination, "tcp buffer full; packet dropped");
                     return;
                 }
@@ -185,6 +199,7 @@ pub(super) struct Worker {
     advertised_tcp: Option<SocketAddr>,
     registry: UfragRegistry,
     next_token: usize,
+    media_seen: u64,
     waker: Arc<Waker>,
     rx: mpsc::Receiver<WorkerCommand>,
     advertised: SocketAddr,
@@ -204,6 +219,7 @@ impl Worker {
             advertised_tcp,
             cert,
             registry,
+            metrics,
         } = setup;
         let poll = Poll::new()?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
@@ -214,6 +230,7 @@ impl Worker {
             index,
             poll,
             net: Net {
+                metrics,
                 socket,
                 tcp: HashMap::new(),
                 tcp_by_addr: HashMap::new(),
@@ -221,6 +238,7 @@ impl Worker {
             advertised_tcp,
             registry,
             next_token: FIRST_TCP,
+            media_seen: 0,
             waker,
             rx,
             advertised,
@@ -242,8 +260,13 @@ impl Worker {
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; 2048];
         let mut more_to_read = false;
+        let mut last_flush = Instant::now();
         loop {
             let now = Instant::now();
+            if now.duration_since(last_flush) >= STATS_FLUSH {
+                last_flush = now;
+                self.flush_stats();
+            }
             let deadline = self
                 .rooms
                 .values()
@@ -261,6 +284,7 @@ impl Worker {
                 error!("poll failed: {e}");
                 return;
             }
+            let woke = Instant::now();
             loop {
                 match self.rx.try_recv() {
                     Ok(WorkerCommand::Shutdown) => return,
@@ -282,7 +306,28 @@ impl Worker {
             }
             more_to_read = self.read_socket(&mut buf);
             self.handle_timeouts(Instant::now());
+            self.net
+                .metrics
+                .busy_us
+                .inc_by(woke.elapsed().as_micros() as u64);
         }
+    }
+
+    /// Adds what every router counted since the last flush to the metrics.
+    fn flush_stats(&mut self) {
+        let m = &self.net.metrics;
+        let (mut transports, mut producers, mut consumers) = (0, 0, 0);
+        for room in self.rooms.values_mut() {
+            let s = room.router.stats();
+            report(m, room, s);
+            transports += s.transports as i64;
+            producers += s.producers as i64;
+            consumers += s.consumers as i64;
+        }
+        m.rooms.set(self.rooms.len() as i64);
+        m.transports.set(transports);
+        m.producers.set(producers);
+        m.consumers.set(consumers);
     }
 
     /// Reads up to one batch; returns true if the socket may hold more.
@@ -290,6 +335,8 @@ impl Worker {
         for _ in 0..RECV_BATCH {
             match self.net.socket.recv_from(buf) {
                 Ok((n, source)) => {
+                    self.net.metrics.packets_in.inc();
+                    self.net.metrics.bytes_in.inc_by(n as u64);
                     self.handle_datagram(&buf[..n], source, Protocol::Udp, Instant::now())
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -361,6 +408,8 @@ impl Worker {
             conn.remote
         };
         for frame in frames {
+            self.net.metrics.packets_in.inc();
+            self.net.metrics.bytes_in.inc_by(frame.len() as u64);
             self.handle_datagram(&frame, remote, Protocol::Tcp, Instant::now());
         }
         if closed {
@@ -389,6 +438,7 @@ impl Worker {
                 .and_then(|ufrag| self.demux.by_ufrag.get(ufrag).copied()),
         };
         let Some((room, transport)) = target else {
+            self.net.metrics.dropped.inc();
             trace!(%source, len = data.len(), "datagram for no transport");
             return;
         };
@@ -397,6 +447,7 @@ impl Worker {
             _ => self.advertised_tcp.unwrap_or(self.advertised),
         };
         let Ok(receive) = Receive::new(proto, source, destination, data) else {
+            self.net.metrics.dropped.inc();
             trace!(%source, "unparseable datagram");
             return;
         };
@@ -404,9 +455,20 @@ impl Worker {
             // The ufrag matched; later packets from this address need no STUN to find it.
             self.demux.by_addr.insert(source, (room, transport));
         }
+        // RTP/RTCP (RFC 7983: first byte 128..=191); sampled, as reading the clock per
+        // packet is not free.
+        let is_media = matches!(data.first(), Some(128..=191));
+        self.media_seen += 1;
+        let sample = is_media && self.media_seen % DELAY_SAMPLE == 0;
         self.with_router(room, |r| {
             let _ = r.handle_receive(now, transport, receive);
         });
+        if sample {
+            self.net
+                .metrics
+                .forwarding_delay
+                .observe(now.elapsed().as_secs_f64());
+        }
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
@@ -565,6 +627,8 @@ impl Worker {
                 consumers: HashMap::new(),
                 generations: HashMap::new(),
                 dropped_lossy: 0,
+                reported: RouterStats::default(),
+                reported_dropped_lossy: 0,
                 next_timeout: now,
             },
         );
@@ -741,6 +805,8 @@ impl Worker {
         }
         if room.peers.is_empty() {
             debug!(room = room.sid, "last peer gone; dropping router");
+            let stats = room.router.stats();
+            report(&self.net.metrics, room, stats);
             self.rooms.remove(&idx);
             self.room_idx.remove(&key.room);
         }
@@ -957,4 +1023,21 @@ fn deliver(room: &mut RoomMedia, targets: &[TransportId], kind: DataKind, bytes:
             trace!(transport = %t, "data not delivered: {e}");
         }
     }
+}
+
+/// Adds a room's counters since its last report to the worker's metrics.
+fn report(m: &WorkerMetrics, room: &mut RoomMedia, now: RouterStats) {
+    let was = room.reported;
+    m.rtp_in.inc_by(now.packets_received - was.packets_received);
+    m.rtp_forwarded
+        .inc_by(now.packets_forwarded - was.packets_forwarded);
+    m.nacks.inc_by(now.nacks_received - was.nacks_received);
+    m.plis_in
+        .inc_by(now.keyframe_requests_received - was.keyframe_requests_received);
+    m.plis_out
+        .inc_by(now.keyframe_requests_sent - was.keyframe_requests_sent);
+    m.data_dropped
+        .inc_by(room.dropped_lossy - room.reported_dropped_lossy);
+    room.reported = now;
+    room.reported_dropped_lossy = room.dropped_lossy;
 }

@@ -181,6 +181,8 @@ pub struct WorkerConfig {
     pub node_ip: IpAddr,
     /// ICE/TCP port (passive candidates); `None` disables ICE over TCP, 0 picks a free port.
     pub tcp_port: Option<u16>,
+    /// Where workers count (at least `threads` worker entries).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// A handle to send commands to one worker.
@@ -269,6 +271,7 @@ impl WorkerPool {
                     advertised_tcp,
                     cert: cert.clone(),
                     registry: registry.clone(),
+                    metrics: config.metrics.workers[index].clone(),
                 },
                 rx,
             )?;

@@ -1,0 +1,223 @@
+//! Prometheus metrics. Workers count on their own handles (label `worker`), so the packet
+//! path touches only its own atomics; room counts are read from the `RoomManager` at scrape.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::room::RoomManager;
+
+/// The `worker` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    /// Worker index.
+    pub worker: String,
+}
+
+/// One worker's metric handles.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Datagrams (and ICE/TCP frames) received.
+    pub packets_in: Counter,
+    /// Bytes received.
+    pub bytes_in: Counter,
+    /// Datagrams sent.
+    pub packets_out: Counter,
+    /// Bytes sent.
+    pub bytes_out: Counter,
+    /// Datagrams dropped: no transport for them, unparseable, or a full send buffer.
+    pub dropped: Counter,
+    /// RTP packets received from publishers.
+    pub rtp_in: Counter,
+    /// RTP packets forwarded to consumers.
+    pub rtp_forwarded: Counter,
+    /// NACKs received from subscribers.
+    pub nacks: Counter,
+    /// PLIs/FIRs received from subscribers.
+    pub plis_in: Counter,
+    /// Keyframe requests sent to publishers.
+    pub plis_out: Counter,
+    /// Lossy data messages dropped at a full receiver.
+    pub data_dropped: Counter,
+    /// Rooms on this worker.
+    pub rooms: Gauge,
+    /// Peer connections on this worker.
+    pub transports: Gauge,
+    /// Live consumers (subscribed tracks) on this worker.
+    pub consumers: Gauge,
+    /// Live producers on this worker.
+    pub producers: Gauge,
+    /// Time the worker spent working (not waiting), in microseconds.
+    pub busy_us: Counter,
+    /// From receiving a media datagram to having sent what it caused, in seconds (sampled).
+    pub forwarding_delay: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    rooms: Gauge,
+    participants: Gauge,
+    published_tracks: Gauge,
+    /// Per-worker handles, by index.
+    pub workers: Vec<WorkerMetrics>,
+}
+
+fn delay_buckets() -> impl Iterator<Item = f64> {
+    // 5 µs .. ~40 ms
+    prometheus_client::metrics::histogram::exponential_buckets(5e-6, 2.0, 14)
+}
+
+impl Metrics {
+    /// Registers everything for `workers` workers.
+    pub fn new(workers: usize) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("aviary");
+        let rooms = Gauge::default();
+        let participants = Gauge::default();
+        let published_tracks = Gauge::default();
+        registry.register("rooms", "Rooms on this node", rooms.clone());
+        registry.register(
+            "participants",
+            "Participants on this node",
+            participants.clone(),
+        );
+        registry.register(
+            "published_tracks",
+            "Tracks published on this node",
+            published_tracks.clone(),
+        );
+        macro_rules! family {
+            ($name:literal, $help:literal, $t:ty) => {{
+                let f = Family::<WorkerLabel, $t>::default();
+                registry.register($name, $help, f.clone());
+                f
+            }};
+        }
+        let packets_in = family!("packets_in", "Datagrams received", Counter);
+        let bytes_in = family!("bytes_in", "Bytes received", Counter);
+        let packets_out = family!("packets_out", "Datagrams sent", Counter);
+        let bytes_out = family!("bytes_out", "Bytes sent", Counter);
+        let dropped = family!("dropped_packets", "Datagrams dropped", Counter);
+        let rtp_in = family!(
+            "rtp_received",
+            "RTP packets received from publishers",
+            Counter
+        );
+        let rtp_forwarded = family!(
+            "rtp_forwarded",
+            "RTP packets forwarded to subscribers",
+            Counter
+        );
+        let nacks = family!("nacks", "NACKs received from subscribers", Counter);
+        let plis_in = family!(
+            "plis_received",
+            "PLI/FIR received from subscribers",
+            Counter
+        );
+        let plis_out = family!("plis_sent", "Keyframe requests sent to publishers", Counter);
+        let data_dropped = family!("data_dropped", "Lossy data messages dropped", Counter);
+        let wrooms = family!("worker_rooms", "Rooms per worker", Gauge);
+        let transports = family!("transports", "Peer connections per worker", Gauge);
+        let consumers = family!(
+            "subscribed_tracks",
+            "Subscribed tracks (consumers) per worker",
+            Gauge
+        );
+        let producers = family!(
+            "producers",
+            "Published streams (producers) per worker",
+            Gauge
+        );
+        let busy = family!(
+            "worker_busy_microseconds",
+            "Time each worker spent working",
+            Counter
+        );
+        let delay = Family::<WorkerLabel, Histogram, _>::new_with_constructor(
+            (|| Histogram::new(delay_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "forwarding_delay_seconds",
+            "Receive-to-send time of media datagrams inside a worker (sampled)",
+            delay.clone(),
+        );
+        let workers = (0..workers)
+            .map(|i| {
+                let l = WorkerLabel {
+                    worker: i.to_string(),
+                };
+                WorkerMetrics {
+                    packets_in: packets_in.get_or_create(&l).clone(),
+                    bytes_in: bytes_in.get_or_create(&l).clone(),
+                    packets_out: packets_out.get_or_create(&l).clone(),
+                    bytes_out: bytes_out.get_or_create(&l).clone(),
+                    dropped: dropped.get_or_create(&l).clone(),
+                    rtp_in: rtp_in.get_or_create(&l).clone(),
+                    rtp_forwarded: rtp_forwarded.get_or_create(&l).clone(),
+                    nacks: nacks.get_or_create(&l).clone(),
+                    plis_in: plis_in.get_or_create(&l).clone(),
+                    plis_out: plis_out.get_or_create(&l).clone(),
+                    data_dropped: data_dropped.get_or_create(&l).clone(),
+                    rooms: wrooms.get_or_create(&l).clone(),
+                    transports: transports.get_or_create(&l).clone(),
+                    consumers: consumers.get_or_create(&l).clone(),
+                    producers: producers.get_or_create(&l).clone(),
+                    busy_us: busy.get_or_create(&l).clone(),
+                    forwarding_delay: delay.get_or_create(&l).clone(),
+                }
+            })
+            .collect();
+        Arc::new(Self {
+            registry,
+            rooms,
+            participants,
+            published_tracks,
+            workers,
+        })
+    }
+
+    /// The text exposition, with room counts read now.
+    pub fn render(&self, manager: &RoomManager) -> String {
+        let (rooms, participants, tracks) = manager.counts();
+        self.rooms.set(rooms as i64);
+        self.participants.set(participants as i64);
+        self.published_tracks.set(tracks as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The `/metrics` endpoint, served on its own port.
+pub fn routes(metrics: Arc<Metrics>, manager: Arc<RoomManager>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = metrics.render(&manager);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    )
+}
