@@ -459,7 +459,7 @@ impl Worker {
         // packet is not free.
         let is_media = matches!(data.first(), Some(128..=191));
         self.media_seen += 1;
-        let sample = is_media && self.media_seen % DELAY_SAMPLE == 0;
+        let sample = is_media && self.media_seen.is_multiple_of(DELAY_SAMPLE);
         self.with_router(room, |r| {
             let _ = r.handle_receive(now, transport, receive);
         });
