@@ -1,5 +1,6 @@
 //! `aviary`: the LiveKit-compatible SFU and its command-line tools.
 
+mod join;
 mod remote;
 mod room;
 mod serve;
@@ -25,6 +26,8 @@ enum Command {
     Token(token::TokenCommand),
     /// Manage rooms through RoomService.
     Room(room::RoomArgs),
+    /// Join a room: publish media files, record what arrives.
+    Join(join::JoinArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Token(cmd) => token::run(cmd),
         Command::Room(args) => room::run(args),
+        Command::Join(args) => join::run(args),
     };
     match result {
         Ok(code) => code,

@@ -432,11 +432,11 @@ impl Worker {
     }
 
     fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, proto: Protocol, now: Instant) {
-        let target = match self.demux.by_addr.get(&source) {
-            Some(t) => Some(*t),
-            None => demux::stun_local_ufrag(data)
-                .and_then(|ufrag| self.demux.by_ufrag.get(ufrag).copied()),
-        };
+        // STUN names its transport, which matters when one remote address talks to two of
+        // our transports (a client reusing a socket); everything else goes by address.
+        let by_ufrag =
+            demux::stun_local_ufrag(data).and_then(|ufrag| self.demux.by_ufrag.get(ufrag).copied());
+        let target = by_ufrag.or_else(|| self.demux.by_addr.get(&source).copied());
         let Some((room, transport)) = target else {
             self.net.metrics.dropped.inc();
             trace!(%source, len = data.len(), "datagram for no transport");
@@ -451,7 +451,7 @@ impl Worker {
             trace!(%source, "unparseable datagram");
             return;
         };
-        if demux::is_stun(data) {
+        if by_ufrag.is_some() {
             // The ufrag matched; later packets from this address need no STUN to find it.
             self.demux.by_addr.insert(source, (room, transport));
         }
