@@ -2,8 +2,10 @@
 //! files in real time (looping), and records what it subscribes to. The `aviary join`
 //! command and the tests use it.
 
+pub mod load;
 pub mod media;
 mod session;
+pub mod signal;
 
 pub use session::{JoinOptions, JoinSummary, Published, join};
 

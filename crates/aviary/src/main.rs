@@ -1,6 +1,7 @@
 //! `aviary`: the LiveKit-compatible SFU and its command-line tools.
 
 mod join;
+mod load_test;
 mod remote;
 mod room;
 mod serve;
@@ -28,6 +29,8 @@ enum Command {
     Room(room::RoomArgs),
     /// Join a room: publish media files, record what arrives.
     Join(join::JoinArgs),
+    /// Load a server with synthetic publishers and subscribers and report what arrived.
+    LoadTest(load_test::LoadTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => token::run(cmd),
         Command::Room(args) => room::run(args),
         Command::Join(args) => join::run(args),
+        Command::LoadTest(args) => load_test::run(args),
     };
     match result {
         Ok(code) => code,

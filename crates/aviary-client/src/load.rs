@@ -1,0 +1,600 @@
+//! The load tester: many simulated participants in one process. Each is a tokio task with
+//! its own signaling connection, UDP socket and str0m `Rtc` (RTP mode, so nothing is
+//! depacketized); a few runtime threads carry them all.
+//!
+//! Phases: subscribers join; publishers join and send warm-up packets until every
+//! subscriber has seen every track (or a deadline passes); then the measured run, whose
+//! packets carry their send time so subscribers can measure delay and count loss.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livekit_protocol as proto;
+use livekit_protocol::signal_request::Message as Req;
+use livekit_protocol::signal_response::Message as Resp;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+
+use crate::ClientError;
+use crate::signal::{Signal, candidate_line};
+
+/// Marks our synthetic payloads.
+const MAGIC: &[u8; 4] = b"AVLT";
+/// Bytes of payload per video packet.
+const VIDEO_PAYLOAD: usize = 1100;
+/// Bytes of payload per audio packet (20 ms of Opus at ~32 kbps).
+const AUDIO_PAYLOAD: usize = 80;
+const VIDEO_FPS: u64 = 30;
+/// Simultaneous joins in flight.
+const JOIN_CONCURRENCY: usize = 32;
+/// How long warm-up may take before the measured run starts anyway.
+const WARMUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// What to simulate.
+#[derive(Clone)]
+pub struct LoadOptions {
+    /// Server URL.
+    pub url: String,
+    /// Makes a join token for an identity.
+    pub token: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    /// Publishers of one video track each.
+    pub video_publishers: usize,
+    /// Publishers of one audio track each.
+    pub audio_publishers: usize,
+    /// Subscribers (subscribe to everything).
+    pub subscribers: usize,
+    /// Length of the measured run.
+    pub duration: Duration,
+    /// Bits per second of each video track.
+    pub video_bitrate: u64,
+}
+
+/// One track's counts.
+#[derive(Debug, Clone)]
+pub struct TrackReport {
+    /// "video" or "audio".
+    pub kind: &'static str,
+    /// The publisher's identity.
+    pub publisher: String,
+    /// Packets sent in the measured run.
+    pub packets_sent: u64,
+    /// Packets received by all subscribers together in the measured run.
+    pub packets_received: u64,
+}
+
+/// The results.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Subscribers that connected.
+    pub subscribers_connected: usize,
+    /// Join time (WebSocket open to peer connection up), p50 and p99, ms.
+    pub join_ms_p50: f64,
+    /// See `join_ms_p50`.
+    pub join_ms_p99: f64,
+    /// Per track.
+    pub tracks: Vec<TrackReport>,
+    /// All packets received by all subscribers in the measured run.
+    pub packets_received: u64,
+    /// 1 − received / (sent × subscribers), in percent.
+    pub loss_percent: f64,
+    /// Average bitrate received per subscriber, bits/s.
+    pub bitrate_per_subscriber: f64,
+    /// Send-to-receive delay, p50 and p99, ms.
+    pub delay_ms_p50: f64,
+    /// See `delay_ms_p50`.
+    pub delay_ms_p99: f64,
+    /// Length of the measured run, s.
+    pub seconds: f64,
+}
+
+/// Live counters, shared by every task (and read by the progress display).
+#[derive(Default)]
+pub struct Progress {
+    /// Subscribers whose peer connection is up.
+    pub subscribers_connected: AtomicUsize,
+    /// Measured packets received.
+    pub packets_received: AtomicU64,
+    /// Measured bytes received.
+    pub bytes_received: AtomicU64,
+    /// 0 joining, 1 warm-up, 2 measuring, 3 done.
+    pub phase: AtomicUsize,
+}
+
+struct Shared {
+    base: Instant,
+    progress: Arc<Progress>,
+    /// Per track: packets sent in the measured run.
+    sent: Vec<AtomicU64>,
+    /// Per subscriber: how many tracks it has seen a packet of.
+    seen_all: AtomicUsize,
+    tracks: usize,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    join_ms: Mutex<Vec<f64>>,
+    delays_us: Mutex<Vec<u32>>,
+    received: Mutex<Vec<u64>>,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let idx = ((v.len() - 1) as f64 * p).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
+
+fn new_rtc(local: SocketAddr) -> Result<Rtc, ClientError> {
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
+    let c = Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
+    rtc.add_local_candidate(c);
+    Ok(rtc)
+}
+
+async fn local_socket(url: &str) -> Result<UdpSocket, ClientError> {
+    let base = crate::signal::ws_base(url)?;
+    let authority = base
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    let addr = tokio::net::lookup_host(if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    })
+    .await?
+    .next()
+    .ok_or_else(|| ClientError::BadUrl(url.into()))?;
+    // A connected UDP socket learns the route's source address without sending anything.
+    let probe = std::net::UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    probe.connect((addr.ip(), 9))?;
+    let ip = probe.local_addr()?.ip();
+    Ok(UdpSocket::bind((ip, 0)).await?)
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Rtc(e.to_string())
+}
+
+/// Drains an `Rtc`: sends its datagrams, returns its events and next timeout.
+fn drain(
+    rtc: &mut Rtc,
+    socket: &UdpSocket,
+    events: &mut Vec<Event>,
+) -> Result<Instant, ClientError> {
+    loop {
+        match rtc.poll_output().map_err(rtc_err)? {
+            Output::Timeout(t) => return Ok(t),
+            Output::Transmit(t) => {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            }
+            Output::Event(e) => events.push(e),
+        }
+    }
+}
+
+/// Runs the load test; `progress` can be watched while it runs.
+pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadReport, ClientError> {
+    let tracks = options.video_publishers + options.audio_publishers;
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        progress: progress.clone(),
+        sent: (0..tracks).map(|_| AtomicU64::new(0)).collect(),
+        seen_all: AtomicUsize::new(0),
+        tracks,
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        join_ms: Mutex::new(Vec::new()),
+        delays_us: Mutex::new(Vec::new()),
+        received: Mutex::new(vec![0; tracks]),
+    });
+    let gate = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..options.subscribers {
+        let (o, s, g) = (options.clone(), shared.clone(), gate.clone());
+        tasks.spawn(async move { subscriber(i, o, s, g).await });
+    }
+    // Subscribers first, so that every one of them sees every track from its start.
+    let joined_by = Instant::now() + Duration::from_secs(30 + options.subscribers as u64 / 20);
+    while progress.subscribers_connected.load(Ordering::Relaxed) < options.subscribers
+        && Instant::now() < joined_by
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.phase.store(1, Ordering::Relaxed);
+    for t in 0..tracks {
+        let kind = if t < options.video_publishers {
+            MediaKind::Video
+        } else {
+            MediaKind::Audio
+        };
+        let (o, s) = (options.clone(), shared.clone());
+        tasks.spawn(async move { publisher(t, kind, o, s).await });
+    }
+    let warm_until = Instant::now() + WARMUP_LIMIT;
+    let connected = progress.subscribers_connected.load(Ordering::Relaxed);
+    while shared.seen_all.load(Ordering::Relaxed) < connected && Instant::now() < warm_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shared.measuring.store(true, Ordering::Release);
+    progress.phase.store(2, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(options.duration).await;
+    shared.measuring.store(false, Ordering::Release);
+    let seconds = started.elapsed().as_secs_f64();
+    // Packets still in flight count; then everyone leaves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shared.stop.store(true, Ordering::Release);
+    progress.phase.store(3, Ordering::Relaxed);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::debug!("peer ended with {e}");
+        }
+    }
+
+    let sent: Vec<u64> = shared
+        .sent
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    let received = shared
+        .received
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let subs = progress.subscribers_connected.load(Ordering::Relaxed);
+    let total_received: u64 = received.iter().sum();
+    let expected: u64 = sent.iter().sum::<u64>() * subs as u64;
+    let mut join = shared.join_ms.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut delays: Vec<f64> = shared
+        .delays_us
+        .lock()
+        .map(|v| v.iter().map(|d| *d as f64 / 1000.0).collect())
+        .unwrap_or_default();
+    let bytes = progress.bytes_received.load(Ordering::Relaxed);
+    Ok(LoadReport {
+        subscribers_connected: subs,
+        join_ms_p50: percentile(&mut join, 0.5),
+        join_ms_p99: percentile(&mut join, 0.99),
+        tracks: (0..tracks)
+            .map(|t| TrackReport {
+                kind: if t < options.video_publishers {
+                    "video"
+                } else {
+                    "audio"
+                },
+                publisher: format!("load-pub-{t}"),
+                packets_sent: sent[t],
+                packets_received: received[t],
+            })
+            .collect(),
+        packets_received: total_received,
+        loss_percent: if expected == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - total_received as f64 / expected as f64).max(0.0)
+        },
+        bitrate_per_subscriber: if subs == 0 {
+            0.0
+        } else {
+            bytes as f64 * 8.0 / seconds / subs as f64
+        },
+        delay_ms_p50: percentile(&mut delays, 0.5),
+        delay_ms_p99: percentile(&mut delays, 0.99),
+        seconds,
+    })
+}
+
+async fn subscriber(
+    index: usize,
+    options: LoadOptions,
+    shared: Arc<Shared>,
+    gate: Arc<Semaphore>,
+) -> Result<(), ClientError> {
+    let permit = gate
+        .acquire_owned()
+        .await
+        .map_err(|e| ClientError::Signal(e.to_string()))?;
+    let identity = format!("load-sub-{index}");
+    let start = Instant::now();
+    let mut signal = Signal::connect(&options.url, &(options.token)(&identity)).await?;
+    let socket = local_socket(&options.url).await?;
+    let local = socket.local_addr()?;
+    let mut rtc = new_rtc(local)?;
+    let mut buf = vec![0u8; 2000];
+    let mut events = Vec::new();
+    let mut permit = Some(permit);
+    let mut seen = vec![false; shared.tracks];
+    let mut seen_count = 0;
+    let mut received = vec![0u64; shared.tracks];
+    let mut delays = Vec::new();
+    let mut timeout = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        timeout = timeout.min(drain(&mut rtc, &socket, &mut events)?);
+        for e in events.drain(..) {
+            match e {
+                Event::Connected => {
+                    shared
+                        .progress
+                        .subscribers_connected
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut j) = shared.join_ms.lock() {
+                        j.push(start.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    // The next join may start once this one is up.
+                    drop(permit.take());
+                }
+                Event::RtpPacket(p) => {
+                    let d = &p.payload;
+                    if d.len() < 25 || &d[..4] != MAGIC {
+                        continue;
+                    }
+                    let track = u32::from_be_bytes([d[4], d[5], d[6], d[7]]) as usize;
+                    if track >= shared.tracks {
+                        continue;
+                    }
+                    if !seen[track] {
+                        seen[track] = true;
+                        seen_count += 1;
+                        if seen_count == shared.tracks {
+                            shared.seen_all.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let measured = d[8] == 1;
+                    if measured {
+                        received[track] += 1;
+                        shared
+                            .progress
+                            .packets_received
+                            .fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .progress
+                            .bytes_received
+                            .fetch_add(d.len() as u64, Ordering::Relaxed);
+                        let sent_us = u64::from_be_bytes(d[9..17].try_into().unwrap_or([0; 8]));
+                        let now_us = shared.base.elapsed().as_micros() as u64;
+                        delays.push(now_us.saturating_sub(sent_us) as u32);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let sleep = tokio::time::sleep_until(
+            timeout
+                .max(Instant::now())
+                .min(Instant::now() + Duration::from_millis(200))
+                .into(),
+        );
+        tokio::select! {
+            msg = signal.recv() => {
+                let Some(msg) = msg? else { break };
+                match msg.message {
+                    Some(Resp::Offer(sd)) => {
+                        let offer = SdpOffer::from_sdp_string(&sd.sdp).map_err(rtc_err)?;
+                        let answer = rtc.sdp_api().accept_offer(offer).map_err(rtc_err)?;
+                        signal.send(Req::Answer(proto::SessionDescription {
+                            r#type: "answer".into(), sdp: answer.to_sdp_string(), id: sd.id, ..Default::default()
+                        })).await?;
+                    }
+                    Some(Resp::Trickle(t)) => {
+                        if let Some(c) = candidate_line(&t.candidate_init).and_then(|l| Candidate::from_sdp_string(&l).ok()) {
+                            rtc.add_remote_candidate(c);
+                        }
+                    }
+                    Some(Resp::Leave(_)) => break,
+                    _ => {}
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, source) = r?;
+                if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                    rtc.handle_input(Input::Receive(Instant::now(), recv)).map_err(rtc_err)?;
+                }
+            }
+            _ = sleep => {
+                let now = Instant::now();
+                if now >= timeout {
+                    rtc.handle_input(Input::Timeout(now)).map_err(rtc_err)?;
+                    timeout = now + Duration::from_secs(1);
+                }
+            }
+        }
+    }
+    if let Ok(mut r) = shared.received.lock() {
+        for (t, n) in received.iter().enumerate() {
+            r[t] += n;
+        }
+    }
+    if let Ok(mut d) = shared.delays_us.lock() {
+        d.extend(delays);
+    }
+    signal.leave().await;
+    Ok(())
+}
+
+async fn publisher(
+    track: usize,
+    kind: MediaKind,
+    options: LoadOptions,
+    shared: Arc<Shared>,
+) -> Result<(), ClientError> {
+    let identity = format!("load-pub-{track}");
+    let mut signal = Signal::connect(&options.url, &(options.token)(&identity)).await?;
+    let socket = local_socket(&options.url).await?;
+    let local = socket.local_addr()?;
+    let mut rtc = new_rtc(local)?;
+    let cid = format!("load-track-{track}");
+    let (track_type, source) = match kind {
+        MediaKind::Audio => (proto::TrackType::Audio, proto::TrackSource::Microphone),
+        MediaKind::Video => (proto::TrackType::Video, proto::TrackSource::Camera),
+    };
+    signal
+        .send(Req::AddTrack(proto::AddTrackRequest {
+            cid: cid.clone(),
+            name: identity.clone(),
+            r#type: track_type as i32,
+            source: source as i32,
+            width: 640,
+            height: 360,
+            ..Default::default()
+        }))
+        .await?;
+    let mut mid: Option<Mid> = None;
+    let mut pending = None;
+    let mut connected = false;
+    let mut buf = vec![0u8; 2000];
+    let mut events = Vec::new();
+    let mut timeout = Instant::now();
+    // Sending schedule.
+    // Packets per tick as a fraction, so the bitrate comes out right on average.
+    let (interval, per_tick, payload_len, ts_step) = match kind {
+        MediaKind::Audio => (Duration::from_millis(20), 1.0f64, AUDIO_PAYLOAD, 960u32),
+        MediaKind::Video => {
+            let pps = (options.video_bitrate as f64 / 8.0 / VIDEO_PAYLOAD as f64).max(1.0);
+            (
+                Duration::from_secs(1) / VIDEO_FPS as u32,
+                pps / VIDEO_FPS as f64,
+                VIDEO_PAYLOAD,
+                3000,
+            )
+        }
+    };
+    let mut owed = 0.0f64;
+    let mut next_send = Instant::now();
+    let mut seq: u64 = 1;
+    let mut ts: u32 = 0;
+    let mut frame: u64 = 0;
+    let mut payload = vec![0u8; payload_len];
+    payload[..4].copy_from_slice(MAGIC);
+    payload[4..8].copy_from_slice(&(track as u32).to_be_bytes());
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let now = Instant::now();
+        if connected && now >= next_send {
+            if let Some(mid) = mid {
+                let measuring = shared.measuring.load(Ordering::Acquire);
+                let codec = if kind == MediaKind::Audio {
+                    Codec::Opus
+                } else {
+                    Codec::Vp8
+                };
+                let pt = rtc
+                    .codec_config()
+                    .find(|p| p.spec().codec == codec)
+                    .map(|p| p.pt());
+                if let Some(pt) = pt {
+                    let mut api = rtc.direct_api();
+                    owed += per_tick;
+                    let count = (owed.floor() as u64).max(1);
+                    owed -= count as f64;
+                    if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+                        for k in 0..count {
+                            payload[8] = measuring as u8;
+                            let sent_us = shared.base.elapsed().as_micros() as u64;
+                            payload[9..17].copy_from_slice(&sent_us.to_be_bytes());
+                            payload[17..25].copy_from_slice(&seq.to_be_bytes());
+                            // A key frame every 2 s, flagged as VP8 would be.
+                            payload[25] =
+                                (kind == MediaKind::Video && frame.is_multiple_of(2 * VIDEO_FPS)) as u8;
+                            tx.write_rtp(
+                                RtpWrite::new(pt, seq.into(), ts, now, payload.clone())
+                                    .marker(k + 1 == count)
+                                    .nackable(kind == MediaKind::Video),
+                            );
+                            seq += 1;
+                            if measuring {
+                                shared.sent[track].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                ts = ts.wrapping_add(ts_step);
+                frame += 1;
+            }
+            next_send += interval;
+            if next_send < now {
+                next_send = now + interval;
+            }
+        }
+        timeout = timeout.min(drain(&mut rtc, &socket, &mut events)?);
+        for e in events.drain(..) {
+            if let Event::Connected = e {
+                connected = true;
+                next_send = Instant::now();
+            }
+        }
+        let wake = if connected {
+            timeout.min(next_send)
+        } else {
+            timeout
+        };
+        let sleep = tokio::time::sleep_until(
+            wake.max(Instant::now())
+                .min(Instant::now() + Duration::from_millis(200))
+                .into(),
+        );
+        tokio::select! {
+            msg = signal.recv() => {
+                let Some(msg) = msg? else { break };
+                match msg.message {
+                    Some(Resp::TrackPublished(_)) if mid.is_none() => {
+                        let mut api = rtc.sdp_api();
+                        mid = Some(api.add_media(kind, Direction::SendOnly, Some(identity.clone()), Some(cid.clone()), None));
+                        if let Some((offer, p)) = api.apply() {
+                            pending = Some(p);
+                            signal.send(Req::Offer(proto::SessionDescription {
+                                r#type: "offer".into(), sdp: offer.to_sdp_string(), id: 1, ..Default::default()
+                            })).await?;
+                        }
+                    }
+                    Some(Resp::Answer(sd)) => {
+                        if let Some(p) = pending.take() {
+                            let answer = SdpAnswer::from_sdp_string(&sd.sdp).map_err(rtc_err)?;
+                            rtc.sdp_api().accept_answer(p, answer).map_err(rtc_err)?;
+                        }
+                    }
+                    Some(Resp::Trickle(t)) => {
+                        if let Some(c) = candidate_line(&t.candidate_init).and_then(|l| Candidate::from_sdp_string(&l).ok()) {
+                            rtc.add_remote_candidate(c);
+                        }
+                    }
+                    Some(Resp::Leave(_)) => break,
+                    _ => {}
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, source) = r?;
+                if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                    rtc.handle_input(Input::Receive(Instant::now(), recv)).map_err(rtc_err)?;
+                }
+            }
+            _ = sleep => {
+                let now = Instant::now();
+                if now >= timeout {
+                    rtc.handle_input(Input::Timeout(now)).map_err(rtc_err)?;
+                    timeout = now + Duration::from_secs(1);
+                }
+            }
+        }
+    }
+    signal.leave().await;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `aviary load-test`: synthetic publishers and subscribers against a server.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aviary_client::load::{self, LoadOptions, LoadReport, Progress};
+use clap::Args;
+use livekit_api::access_token::{AccessToken, VideoGrants};
+
+use crate::remote::Remote;
+
+/// `load-test` flags.
+#[derive(Args)]
+pub struct LoadTestArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Room to load.
+    #[arg(long)]
+    room: String,
+    /// Publishers of one video track each.
+    #[arg(long, default_value_t = 1)]
+    video_publishers: usize,
+    /// Publishers of one audio track each.
+    #[arg(long, default_value_t = 0)]
+    audio_publishers: usize,
+    /// Subscribers.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Length of the measured run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Bitrate of each video track, e.g. 600k, 1.5M.
+    #[arg(long, default_value = "600k", value_parser = parse_bitrate)]
+    video_bitrate: u64,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Runtime threads driving the simulated participants.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1_000.0),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1_000_000.0),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("not a bitrate: {s:?}"))?;
+    if v <= 0.0 {
+        return Err("bitrate must be positive".into());
+    }
+    Ok((v * mult) as u64)
+}
+
+/// Many simulated peers need many sockets: raise the descriptor limit as far as allowed.
+fn raise_fd_limit() {
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
+        && soft < hard
+    {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+fn report_json(r: &LoadReport) -> serde_json::Value {
+    serde_json::json!({
+        "subscribers_connected": r.subscribers_connected,
+        "join_ms_p50": r.join_ms_p50,
+        "join_ms_p99": r.join_ms_p99,
+        "packets_received": r.packets_received,
+        "loss_percent": r.loss_percent,
+        "bitrate_per_subscriber_bps": r.bitrate_per_subscriber,
+        "delay_ms_p50": r.delay_ms_p50,
+        "delay_ms_p99": r.delay_ms_p99,
+        "seconds": r.seconds,
+        "tracks": r.tracks.iter().map(|t| serde_json::json!({
+            "kind": t.kind,
+            "publisher": t.publisher,
+            "packets_sent": t.packets_sent,
+            "packets_received": t.packets_received,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn report_table(r: &LoadReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "subscribers connected  {}\njoin time p50 / p99    {:.1} / {:.1} ms\n\
+         packets received       {}\nloss                   {:.3} %\n\
+         bitrate / subscriber   {:.0} kbps\nforwarding delay p50 / p99  {:.2} / {:.2} ms\n\n",
+        r.subscribers_connected,
+        r.join_ms_p50,
+        r.join_ms_p99,
+        r.packets_received,
+        r.loss_percent,
+        r.bitrate_per_subscriber / 1000.0,
+        r.delay_ms_p50,
+        r.delay_ms_p99,
+    ));
+    out.push_str("TRACK  KIND   PUBLISHER    SENT      RECEIVED (all subscribers)\n");
+    for (i, t) in r.tracks.iter().enumerate() {
+        out.push_str(&format!(
+            "{i:<5}  {:<5}  {:<11}  {:<8}  {}\n",
+            t.kind, t.publisher, t.packets_sent, t.packets_received
+        ));
+    }
+    out
+}
+
+/// Runs `load-test`.
+pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
+    raise_fd_limit();
+    let (key, secret, room) = (
+        args.remote.api_key.clone(),
+        args.remote.api_secret.clone(),
+        args.room.clone(),
+    );
+    let token = Arc::new(move |identity: &str| {
+        AccessToken::with_api_key(&key, &secret)
+            .with_identity(identity)
+            .with_grants(VideoGrants {
+                room_join: true,
+                room: room.clone(),
+                ..Default::default()
+            })
+            .to_jwt()
+            .unwrap_or_default()
+    });
+    let options = LoadOptions {
+        url: args.remote.url.clone(),
+        token,
+        video_publishers: args.video_publishers,
+        audio_publishers: args.audio_publishers,
+        subscribers: args.subscribers,
+        duration: args.duration,
+        video_bitrate: args.video_bitrate,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let progress = Arc::new(Progress::default());
+    let show = !args.json;
+    let started = Instant::now();
+    let watcher = {
+        let progress = progress.clone();
+        let subscribers = args.subscribers;
+        runtime.spawn(async move {
+            if !show {
+                return;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let phase = ["joining", "warm-up", "measuring", "leaving"]
+                    [progress.phase.load(Ordering::Relaxed).min(3)];
+                eprint!(
+                    "\r[{:>4}s] {phase:<9} subscribers {}/{subscribers}  received {} packets  ",
+                    started.elapsed().as_secs(),
+                    progress.subscribers_connected.load(Ordering::Relaxed),
+                    progress.packets_received.load(Ordering::Relaxed),
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+    };
+    let report = runtime
+        .block_on(load::run(options, progress))
+        .context("load test")?;
+    watcher.abort();
+    if show {
+        eprintln!();
+        print!("{}", report_table(&report));
+    } else {
+        println!("{}", report_json(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitrates() {
+        assert_eq!(parse_bitrate("600k"), Ok(600_000));
+        assert_eq!(parse_bitrate("1.5M"), Ok(1_500_000));
+        assert_eq!(parse_bitrate("9000"), Ok(9000));
+        assert!(parse_bitrate("fast").is_err());
+        assert!(parse_bitrate("-1k").is_err());
+    }
+}
