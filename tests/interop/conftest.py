@@ -5,6 +5,8 @@
 * the `server` fixture is one `aviary serve --dev` process shared by the
   session (restarted if it died), `short_server` one with short room
   timeouts from `--config-body`;
+* the `media` fixture is the test media files of media_fixtures.py, made
+  with ffmpeg once per session and checked;
 * the `browsers` fixture opens Chromium pages running livekit-client
   (browser.py) and ends them after the test;
 * a failing test gets the tail of the server and browser log(s) it used in
@@ -23,6 +25,7 @@ from typing import Iterator
 
 import pytest
 
+import media_fixtures
 from browser import Browsers
 from harness import NODE_IP, TEST_TIMEOUT, Server
 
@@ -185,6 +188,20 @@ def server(_server_slots: dict[str, _ServerSlot]) -> Iterator[Server]:
 def short_server(_server_slots: dict[str, _ServerSlot]) -> Iterator[Server]:
     """`aviary serve --dev --config-body 'room: {empty_timeout: 2, departure_timeout: 1}'`."""
     yield from _use_server(_server_slots["short_server"])
+
+
+# --------------------------------------------------------------------------
+# media files
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> media_fixtures.MediaFiles:
+    """VP8, VP9, AV1 and H.264 clips of a solid colour and a 440 Hz tone as
+    Ogg Opus and WAV (media_fixtures.py), made with ffmpeg once per session
+    and checked to be what they claim."""
+    files = media_fixtures.generate(tmp_path_factory.mktemp("media"))
+    media_fixtures.verify(files)
+    return files
 
 
 # --------------------------------------------------------------------------

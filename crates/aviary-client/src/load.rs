@@ -512,8 +512,9 @@ async fn publisher(
                             payload[9..17].copy_from_slice(&sent_us.to_be_bytes());
                             payload[17..25].copy_from_slice(&seq.to_be_bytes());
                             // A key frame every 2 s, flagged as VP8 would be.
-                            payload[25] =
-                                (kind == MediaKind::Video && frame.is_multiple_of(2 * VIDEO_FPS)) as u8;
+                            payload[25] = (kind == MediaKind::Video
+                                && frame.is_multiple_of(2 * VIDEO_FPS))
+                                as u8;
                             tx.write_rtp(
                                 RtpWrite::new(pt, seq.into(), ts, now, payload.clone())
                                     .marker(k + 1 == count)

@@ -166,8 +166,23 @@ fn signal(msg: Req) -> WsMessage {
     )
 }
 
-fn new_rtc(local: SocketAddr) -> Result<Rtc, ClientError> {
-    let mut rtc = Rtc::builder().build(Instant::now());
+fn new_rtc(local: SocketAddr, codecs: Option<&[FileCodec]>) -> Result<Rtc, ClientError> {
+    let mut config = Rtc::builder();
+    // Like the SDKs, a publisher offers only the codecs it sends, so the answer (and the
+    // track's MIME type) cannot pick another.
+    if let Some(codecs) = codecs {
+        config = config.clear_codecs();
+        for c in codecs {
+            config = match c {
+                FileCodec::Vp8 => config.enable_vp8(true),
+                FileCodec::Vp9 => config.enable_vp9(true),
+                FileCodec::Av1 => config.enable_av1(true),
+                FileCodec::H264 => config.enable_h264(true),
+                FileCodec::Opus => config.enable_opus(true, false),
+            };
+        }
+    }
+    let mut rtc = config.build(Instant::now());
     let c = Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
     rtc.add_local_candidate(c);
     Ok(rtc)
@@ -207,8 +222,9 @@ pub async fn join(
     let sub_local = sub_socket.local_addr()?;
     let pub_local = pub_socket.local_addr()?;
 
-    let mut subscriber = new_rtc(sub_local)?;
-    let mut publisher = new_rtc(pub_local)?;
+    let codecs: Vec<FileCodec> = options.publish.iter().map(|(_, f)| f.codec).collect();
+    let mut subscriber = new_rtc(sub_local, None)?;
+    let mut publisher = new_rtc(pub_local, Some(&codecs))?;
     let mut senders: Vec<Sender> = options
         .publish
         .into_iter()

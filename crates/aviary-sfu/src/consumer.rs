@@ -66,8 +66,9 @@ pub struct Consumer {
     /// Whether the first packet since start/resume has gone out (a keyframe is requested then).
     pub(crate) started: bool,
     pub(crate) rewriter: Rewriter,
-    /// Publisher payload type → subscriber payload type (`None`: the subscriber lacks the codec).
-    pub(crate) pt_map: HashMap<Pt, Option<Pt>>,
+    /// Publisher payload type → subscriber payload type, and whether a RED packet must be
+    /// unwrapped to its primary block first (`None`: the subscriber lacks the codec).
+    pub(crate) pt_map: HashMap<Pt, Option<(Pt, bool)>>,
     pub(crate) packets: u64,
 }
 

@@ -684,9 +684,14 @@ impl Router {
                         p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
                     })
                 })?;
-                if red { params.red() } else { Some(params.pt()) }
+                match (red, params.red()) {
+                    (true, Some(red_pt)) => Some((red_pt, false)),
+                    // The subscriber has the codec but not RED: send the primary encoding.
+                    (true, None) => Some((params.pt(), true)),
+                    (false, _) => Some((params.pt(), false)),
+                }
             });
-            let Some(out_pt) = out_pt else {
+            let Some((out_pt, unwrap_red)) = out_pt else {
                 trace!(consumer = %c.id, ?in_pt, "subscriber lacks the codec");
                 continue;
             };
@@ -700,17 +705,19 @@ impl Router {
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
             };
+            let payload: std::sync::Arc<[u8]> = if unwrap_red {
+                match red_primary(&packet.payload) {
+                    Some(p) => p.into(),
+                    None => continue,
+                }
+            } else {
+                packet.payload.clone()
+            };
             tx.write_rtp(
-                RtpWrite::new(
-                    out_pt,
-                    seq.into(),
-                    ts,
-                    packet.timestamp,
-                    packet.payload.clone(),
-                )
-                .marker(packet.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(c.kind == MediaKind::Video),
+                RtpWrite::new(out_pt, seq.into(), ts, packet.timestamp, payload)
+                    .marker(packet.header.marker)
+                    .ext_vals(ext.clone())
+                    .nackable(c.kind == MediaKind::Video),
             );
             c.packets += 1;
             self.packets_forwarded += 1;
@@ -794,6 +801,24 @@ impl Router {
     }
 }
 
+/// The primary block of an RFC 2198 RED payload: after the 4-byte headers of the redundant
+/// blocks (F bit set), a 1-byte header, the redundant data, then the primary data.
+fn red_primary(payload: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    let mut redundant = 0usize;
+    loop {
+        let b = *payload.get(at)?;
+        if b & 0x80 == 0 {
+            at += 1;
+            break;
+        }
+        let len = ((*payload.get(at + 2)? as usize & 0x03) << 8) | *payload.get(at + 3)? as usize;
+        redundant += len;
+        at += 4;
+    }
+    payload.get(at + redundant..)
+}
+
 /// The MIME type LiveKit uses in `TrackInfo.mime_type` for a codec.
 fn mime_type(codec: Codec) -> String {
     let name = match codec {
@@ -813,4 +838,22 @@ fn mime_type(codec: Codec) -> String {
 
 fn receives(direction: Direction) -> bool {
     matches!(direction, Direction::RecvOnly | Direction::SendRecv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::red_primary;
+
+    #[test]
+    fn red_primary_skips_redundant_blocks() {
+        // One redundant block of 3 bytes (PT 111, offset 960), then the primary (PT 111).
+        let payload = [0x80 | 111, 0x0f, 0x00, 3, 111, 9, 9, 9, 1, 2, 3, 4];
+        assert_eq!(red_primary(&payload), Some(&[1u8, 2, 3, 4][..]));
+        // No redundancy: only the final header.
+        assert_eq!(red_primary(&[111, 5, 6]), Some(&[5u8, 6][..]));
+        // Truncated headers or data are refused, never indexed past the end.
+        assert_eq!(red_primary(&[0x80 | 111, 0x0f]), None);
+        assert_eq!(red_primary(&[0x80 | 111, 0, 0, 50, 111, 1]), None);
+        assert_eq!(red_primary(&[]), None);
+    }
 }

@@ -58,15 +58,6 @@ fn parse_bitrate(s: &str) -> Result<u64, String> {
     Ok((v * mult) as u64)
 }
 
-/// Many simulated peers need many sockets: raise the descriptor limit as far as allowed.
-fn raise_fd_limit() {
-    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
-        && soft < hard
-    {
-        let _ = rlimit::Resource::NOFILE.set(hard, hard);
-    }
-}
-
 fn report_json(r: &LoadReport) -> serde_json::Value {
     serde_json::json!({
         "subscribers_connected": r.subscribers_connected,
@@ -114,7 +105,7 @@ fn report_table(r: &LoadReport) -> String {
 
 /// Runs `load-test`.
 pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
-    raise_fd_limit();
+    crate::raise_fd_limit();
     let (key, secret, room) = (
         args.remote.api_key.clone(),
         args.remote.api_secret.clone(),
@@ -152,14 +143,22 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
         let progress = progress.clone();
         let subscribers = args.subscribers;
         runtime.spawn(async move {
-            if !show {
-                return;
-            }
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut shown = usize::MAX;
+            let mut ticks = 0u64;
             loop {
                 tick.tick().await;
-                let phase = ["joining", "warm-up", "measuring", "leaving"]
-                    [progress.phase.load(Ordering::Relaxed).min(3)];
+                ticks += 1;
+                let index = progress.phase.load(Ordering::Relaxed).min(3);
+                let phase = ["joining", "warm-up", "measuring", "leaving"][index];
+                if index != shown {
+                    // One line per phase change, for scripts that sample the server meanwhile.
+                    shown = index;
+                    eprintln!("\nphase: {phase}");
+                }
+                if !show || !ticks.is_multiple_of(10) {
+                    continue;
+                }
                 eprint!(
                     "\r[{:>4}s] {phase:<9} subscribers {}/{subscribers}  received {} packets  ",
                     started.elapsed().as_secs(),
@@ -174,6 +173,7 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
         .block_on(load::run(options, progress))
         .context("load test")?;
     watcher.abort();
+    eprintln!("\nphase: done");
     if show {
         eprintln!();
         print!("{}", report_table(&report));

@@ -33,6 +33,16 @@ enum Command {
     LoadTest(load_test::LoadTestArgs),
 }
 
+/// Servers and load tests hold a socket per participant: raise the descriptor limit to the
+/// hard limit the system allows.
+pub(crate) fn raise_fd_limit() {
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
+        && soft < hard
+    {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -90,6 +90,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for key in &loaded.unknown_keys {
         tracing::warn!(key, "unknown config key ignored");
     }
+    crate::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
