@@ -4,6 +4,7 @@
 //! drains its outputs (see the crate docs for the run-loop contract). A publisher's RTP
 //! packet is forwarded to every consumer within the call that received it.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -423,16 +424,23 @@ impl Router {
     /// keyframe requests go out.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        let due: Vec<TransportId> = self
-            .transports
-            .values()
-            .filter(|t| t.next_timeout.is_some_and(|at| at <= now))
-            .map(|t| t.id())
-            .collect();
-        for id in due {
-            if let Some(t) = self.transports.get_mut(&id) {
-                t.handle_input(Input::Timeout(now), &mut self.sink);
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, id))) = self.sink.timers.peek() {
+            if at > now {
+                break;
             }
+            self.sink.timers.pop();
+            due.push(id);
+        }
+        for id in due {
+            // Stale entries (the deadline moved, or a duplicate was already handled) skip.
+            let Some(t) = self.transports.get_mut(&id) else {
+                continue;
+            };
+            if !t.next_timeout.is_some_and(|at| at <= now) {
+                continue;
+            }
+            t.handle_input(Input::Timeout(now), &mut self.sink);
             self.after(id);
         }
         let owed: Vec<ProducerId> = self
@@ -452,16 +460,40 @@ impl Router {
         if let Some(o) = self.sink.out.pop_front() {
             return o;
         }
-        let transports = self.transports.values().filter_map(|t| t.next_timeout);
+        self.compact_timers();
+        let transports = self.sink.timers.peek().map(|Reverse((at, _))| *at);
         let keyframes = self
             .producers
             .values()
             .filter_map(|p| p.keyframe_deadline());
-        let next = transports
-            .chain(keyframes)
+        let next = keyframes
+            .chain(transports)
             .min()
             .unwrap_or(self.now + IDLE_TIMEOUT);
         Output::Timeout(next)
+    }
+
+    /// Drops stale timer entries from the top of the heap, and rebuilds it when stale
+    /// entries dominate (many deadline changes between wake-ups).
+    fn compact_timers(&mut self) {
+        let timers = &mut self.sink.timers;
+        if timers.len() > 4 * self.transports.len() + 64 {
+            *timers = self
+                .transports
+                .values()
+                .filter_map(|t| t.next_timeout.map(|at| Reverse((at, t.id()))))
+                .collect();
+        }
+        while let Some(&Reverse((at, id))) = timers.peek() {
+            if self
+                .transports
+                .get(&id)
+                .is_some_and(|t| t.next_timeout == Some(at))
+            {
+                break;
+            }
+            timers.pop();
+        }
     }
 
     /// The transport with this id.
@@ -725,12 +757,14 @@ impl Router {
                 c.started = true;
                 wants_keyframe = true;
             }
-            if !self.touched.contains(&c.transport) {
+            if !sub.touched {
+                sub.touched = true;
                 self.touched.push(c.transport);
             }
         }
         for id in std::mem::take(&mut self.touched) {
             if let Some(t) = self.transports.get_mut(&id) {
+                t.touched = false;
                 t.drive(&mut self.sink);
             }
         }

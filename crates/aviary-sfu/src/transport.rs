@@ -3,7 +3,8 @@
 //! A transport knows nothing of rooms or participants; it turns str0m's outputs into the
 //! router's [`Output`]s and keeps the one offer it may have in flight.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -23,6 +24,10 @@ use crate::{ConsumerId, SendDataError, TransportId};
 pub(crate) struct Sink {
     pub(crate) out: VecDeque<Output>,
     pub(crate) internal: VecDeque<Internal>,
+    /// Every deadline a transport has announced, earliest first. Entries go stale when the
+    /// transport moves its deadline or closes; the router skips those lazily, which keeps
+    /// finding the next wake-up O(log n) instead of a scan over every transport.
+    pub(crate) timers: BinaryHeap<Reverse<(Instant, TransportId)>>,
 }
 
 /// Events the router handles itself.
@@ -153,6 +158,8 @@ pub struct Transport {
     ice_ufrag: String,
     pub(crate) rtc: Rtc,
     pub(crate) next_timeout: Option<Instant>,
+    /// Written to while forwarding the current packet; driven once when it is done.
+    pub(crate) touched: bool,
     pending_offer: Option<SdpPendingOffer>,
     /// Changes waiting for the next offer. str0m drops changes made on an `SdpApi` that is
     /// not applied, so they are kept here and replayed when the offer is made.
@@ -175,6 +182,7 @@ impl Transport {
             ice_ufrag: options.ice_ufrag,
             rtc,
             next_timeout: None,
+            touched: false,
             pending_offer: None,
             changes: Vec::new(),
             channels: [None, None],
@@ -378,7 +386,10 @@ impl Transport {
         loop {
             match self.rtc.poll_output() {
                 Ok(str0m::Output::Timeout(t)) => {
-                    self.next_timeout = Some(t);
+                    if self.next_timeout != Some(t) {
+                        self.next_timeout = Some(t);
+                        sink.timers.push(Reverse((t, self.id)));
+                    }
                     return;
                 }
                 Ok(str0m::Output::Transmit(t)) => sink.out.push_back(Output::Transmit(t)),
