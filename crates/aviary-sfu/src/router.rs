@@ -437,7 +437,7 @@ impl Router {
             let Some(t) = self.transports.get_mut(&id) else {
                 continue;
             };
-            if !t.next_timeout.is_some_and(|at| at <= now) {
+            if t.next_timeout.is_none_or(|at| at > now) {
                 continue;
             }
             t.handle_input(Input::Timeout(now), &mut self.sink);
