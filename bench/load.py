@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
-"""Whole-server load benchmark: starts `aviary serve`, runs `aviary load-test` at 1 publisher
-to each subscriber count, and samples the server's CPU time (/proc/PID/stat), RSS
-(/proc/PID/status) and forwarded-packet counter (/metrics) at the start and end of the
-measured run. Prints a Markdown table.
+"""Whole-server load benchmark, Aviary and Janus side by side in one run.
+
+For each subscriber count, a fresh `aviary serve` and then a fresh Janus (VideoRoom plugin)
+get the same load from `aviary load-test`: 1 video publisher at --video-bitrate, N
+subscribers. The server's CPU time (/proc/PID/stat) and RSS (/proc/PID/status) are sampled
+when the load tester prints `phase: measuring` and `phase: draining` (the measured window);
+the packets its subscribers received in that window are the forwarded packets, for both
+servers alike. Prints a Markdown table with the ratio Janus / Aviary of CPU per packet.
 
     cargo build --release -p aviary
     python3 bench/load.py --subscribers 10 100 500 1000 --duration 20
 
-Everything runs on 127.0.0.1 (the load tester is Aviary's own str0m client, which does use
-loopback). Each count gets a fresh server, so RSS per subscriber is measured from idle.
+Janus's ICE library never gathers loopback interfaces, so the whole run happens inside a
+private network namespace (scripts/testnet.sh, as root) where 127.0.0.2 sits on a veth:
+Janus is pinned to that interface with `ice_enforce_list` and the load tester uses
+127.0.0.2 as its own address toward it. Aviary and its load tester use 127.0.0.1. Janus gets
+its own config folder with only the VideoRoom plugin and the WebSocket transport, on
+loopback, and `event_loops = 2` (one media thread per core, as Aviary's workers).
+Without the `janus` binary (Debian package `janus`) only Aviary is measured.
 """
 
 from __future__ import annotations
@@ -16,22 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
-import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import Aviary, Janus, raise_nofile  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NS_MARK = "AVIARY_BENCH_NETNS"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,50 +54,29 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def forwarded(metrics_port: int) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(m) for m in re.findall(r"^aviary_rtp_forwarded_total\{[^}]*\} (\S+)$", body, re.M))
-
-
-def run_one(binary: str, subscribers: int, duration: int, bitrate: str) -> dict:
-    port, metrics = free_port(), free_port()
-    udp = free_port(socket.SOCK_DGRAM)
-    server = subprocess.Popen(
-        [binary, "serve", "--dev", "--port", str(port), "--udp-port", str(udp),
-         "--tcp-port", str(free_port()), "--prometheus-port", str(metrics)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
-    )
+def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) -> dict:
+    pid = server.proc.pid
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        idle_rss = rss_kib(server.pid)
+        time.sleep(0.5)
+        idle_rss = rss_kib(pid)
         load = subprocess.Popen(
-            [binary, "load-test", "--url", f"ws://127.0.0.1:{port}", "--room", "bench",
+            [binary, "load-test", *server.load_args(), "--room", "bench",
              "--video-publishers", "1", "--subscribers", str(subscribers),
              "--duration", f"{duration}s", "--video-bitrate", bitrate, "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
         )
-        marks: dict[str, tuple[float, float, int]] = {}
+        marks: dict[str, tuple[float, int]] = {}
 
         def watch() -> None:
             assert load.stderr is not None
             for line in load.stderr:
-                if os.environ.get("BENCH_DEBUG"):
-                    print("stderr:", repr(line), file=sys.stderr)
                 if line.startswith("phase: "):
-                    parts = line.split()
-                    if len(parts) < 2:
-                        continue
-                    phase = parts[1]
-                    if phase == "measuring" or (phase in ("leaving", "done") and "end" not in marks):
-                        key = "start" if phase == "measuring" else "end"
+                    phase = line.split()[1] if len(line.split()) > 1 else ""
+                    key = {"measuring": "start", "draining": "end"}.get(phase)
+                    if key and key not in marks:
                         try:
-                            marks[key] = (cpu_seconds(server.pid), forwarded(metrics), rss_kib(server.pid))
-                        except Exception as e:  # reported below as a missing mark
+                            marks[key] = (cpu_seconds(pid), rss_kib(pid))
+                        except OSError as e:  # reported below as a missing mark
                             print(f"sampling failed at {phase}: {e}", file=sys.stderr)
 
         t = threading.Thread(target=watch, daemon=True)
@@ -99,44 +84,69 @@ def run_one(binary: str, subscribers: int, duration: int, bitrate: str) -> dict:
         # stderr belongs to the watcher thread; only stdout is read here.
         assert load.stdout is not None
         out = load.stdout.read()
-        load.wait(timeout=duration + 300)
+        load.wait(timeout=duration + 600)
         t.join(timeout=5)
         report = json.loads(out)
-        (c0, f0, _), (c1, f1, rss) = marks["start"], marks["end"]
+        if "start" not in marks or "end" not in marks:
+            raise RuntimeError(f"{server.name}: the load tester never reached the measured window")
+        (c0, _), (c1, rss) = marks["start"], marks["end"]
+        packets = report["packets_received"]
         return {
+            "server": server.name,
             "subscribers": subscribers,
             "connected": report["subscribers_connected"],
-            "cpu_us_per_packet": (c1 - c0) * 1e6 / max(f1 - f0, 1),
-            "forwarded_per_s": (f1 - f0) / report["seconds"],
+            "cpu_us_per_packet": (c1 - c0) * 1e6 / max(packets, 1),
+            "forwarded_per_s": packets / report["seconds"],
             "server_cpu_percent": 100 * (c1 - c0) / report["seconds"],
             "rss_kib_per_subscriber": (rss - idle_rss) / max(subscribers, 1),
             "loss_percent": report["loss_percent"],
             "delay_ms_p50": report["delay_ms_p50"],
             "delay_ms_p99": report["delay_ms_p99"],
-            "join_ms_p50": report["join_ms_p50"],
+            "first_media_ms_p50": report["first_media_ms_p50"],
         }
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default="target/release/aviary")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/aviary"))
     ap.add_argument("--subscribers", type=int, nargs="+", default=[10, 100, 500, 1000])
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--video-bitrate", default="600k")
+    ap.add_argument("--servers", nargs="+", default=["aviary", "janus"], choices=["aviary", "janus"])
     a = ap.parse_args()
-    print("| subscribers | connected | server CPU-µs / forwarded packet | forwarded pkt/s | server CPU % | RSS KiB / subscriber | loss % | delay p50 / p99 ms | join p50 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n in a.subscribers:
-        r = run_one(a.binary, n, a.duration, a.video_bitrate)
-        print(f"| {n} | {r['connected']} | {r['cpu_us_per_packet']:.2f} | {r['forwarded_per_s']:.0f} | "
-              f"{r['server_cpu_percent']:.0f} | {r['rss_kib_per_subscriber']:.1f} | {r['loss_percent']:.3f} | "
-              f"{r['delay_ms_p50']:.2f} / {r['delay_ms_p99']:.2f} | {r['join_ms_p50']:.1f} |", flush=True)
+    if not os.environ.get(NS_MARK):
+        # Re-run inside a private network namespace (see the module docs).
+        cmd = [os.path.join(ROOT, "scripts/testnet.sh"), "run", "--", "env", f"{NS_MARK}=1",
+               sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+        return subprocess.call(cmd)
+    servers = list(a.servers)
+    if "janus" in servers and not shutil.which("janus"):
+        print("no janus binary (apt-get install janus): measuring Aviary only", file=sys.stderr)
+        servers.remove("janus")
+    workdir = tempfile.mkdtemp(prefix="aviary-bench-")
+    print("| subscribers | server | connected | server CPU-µs / forwarded packet | Janus ÷ Aviary | "
+          "forwarded pkt/s | server CPU % | RSS KiB / subscriber | loss % | delay p50 / p99 ms | "
+          "first media p50 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        for n in a.subscribers:
+            rows = {}
+            for name in servers:
+                server = Aviary(a.binary) if name == "aviary" else Janus(workdir)
+                rows[name] = run_one(a.binary, server, n, a.duration, a.video_bitrate)
+            for name, r in rows.items():
+                ratio = ""
+                if name == "janus" and "aviary" in rows:
+                    ratio = f"{r['cpu_us_per_packet'] / max(rows['aviary']['cpu_us_per_packet'], 1e-9):.2f}"
+                print(f"| {n} | {name} | {r['connected']} | {r['cpu_us_per_packet']:.2f} | {ratio} | "
+                      f"{r['forwarded_per_s']:.0f} | {r['server_cpu_percent']:.0f} | "
+                      f"{r['rss_kib_per_subscriber']:.1f} | {r['loss_percent']:.3f} | "
+                      f"{r['delay_ms_p50']:.2f} / {r['delay_ms_p99']:.2f} | "
+                      f"{r['first_media_ms_p50']:.1f} |", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 //! files in real time (looping), and records what it subscribes to. The `aviary join`
 //! command and the tests use it.
 
+pub mod janus;
 pub mod load;
 pub mod media;
 mod session;

@@ -6,7 +6,7 @@
 //! subscriber has seen every track (or a deadline passes); then the measured run, whose
 //! packets carry their send time so subscribers can measure delay and count loss.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
 use crate::ClientError;
+use crate::janus::{Janus, JanusEvent};
 use crate::signal::{Signal, candidate_line};
 
 /// Marks our synthetic payloads.
@@ -38,13 +39,40 @@ const JOIN_CONCURRENCY: usize = 32;
 /// How long warm-up may take before the measured run starts anyway.
 const WARMUP_LIMIT: Duration = Duration::from_secs(20);
 
+/// The server under load.
+#[derive(Clone)]
+pub enum Target {
+    /// A LiveKit-protocol server (Aviary, livekit-server).
+    Livekit {
+        /// Server URL.
+        url: String,
+        /// Makes a join token for an identity.
+        token: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    },
+    /// Janus's VideoRoom plugin, over Janus's WebSocket API.
+    Janus {
+        /// WebSocket URL of the Janus API.
+        url: String,
+        /// VideoRoom room number (created when missing).
+        room: u64,
+    },
+}
+
+impl Target {
+    fn url(&self) -> &str {
+        match self {
+            Target::Livekit { url, .. } | Target::Janus { url, .. } => url,
+        }
+    }
+}
+
 /// What to simulate.
 #[derive(Clone)]
 pub struct LoadOptions {
-    /// Server URL.
-    pub url: String,
-    /// Makes a join token for an identity.
-    pub token: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    /// The server.
+    pub target: Target,
+    /// Local address for the media sockets; by default the one that routes to the server.
+    pub local_ip: Option<IpAddr>,
     /// Publishers of one video track each.
     pub video_publishers: usize,
     /// Publishers of one audio track each.
@@ -79,6 +107,10 @@ pub struct LoadReport {
     pub join_ms_p50: f64,
     /// See `join_ms_p50`.
     pub join_ms_p99: f64,
+    /// WebSocket open to the first media packet, p50 and p99, ms.
+    pub first_media_ms_p50: f64,
+    /// See `first_media_ms_p50`.
+    pub first_media_ms_p99: f64,
     /// Per track.
     pub tracks: Vec<TrackReport>,
     /// All packets received by all subscribers in the measured run.
@@ -104,7 +136,7 @@ pub struct Progress {
     pub packets_received: AtomicU64,
     /// Measured bytes received.
     pub bytes_received: AtomicU64,
-    /// 0 joining, 1 warm-up, 2 measuring, 3 done.
+    /// 0 joining, 1 warm-up, 2 measuring, 3 draining (in-flight packets), 4 leaving.
     pub phase: AtomicUsize,
 }
 
@@ -119,6 +151,11 @@ struct Shared {
     measuring: AtomicBool,
     stop: AtomicBool,
     join_ms: Mutex<Vec<f64>>,
+    first_media_ms: Mutex<Vec<f64>>,
+    /// Publishers whose peer connection is up.
+    publishers_connected: AtomicUsize,
+    /// Janus feed ids of the publishers, once joined.
+    feeds: Mutex<Vec<u64>>,
     delays_us: Mutex<Vec<u32>>,
     received: Mutex<Vec<u64>>,
 }
@@ -139,7 +176,10 @@ fn new_rtc(local: SocketAddr) -> Result<Rtc, ClientError> {
     Ok(rtc)
 }
 
-async fn local_socket(url: &str) -> Result<UdpSocket, ClientError> {
+async fn local_socket(url: &str, ip: Option<IpAddr>) -> Result<UdpSocket, ClientError> {
+    if let Some(ip) = ip {
+        return Ok(UdpSocket::bind((ip, 0)).await?);
+    }
     let base = crate::signal::ws_base(url)?;
     let authority = base
         .split("://")
@@ -198,23 +238,15 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         join_ms: Mutex::new(Vec::new()),
+        first_media_ms: Mutex::new(Vec::new()),
+        publishers_connected: AtomicUsize::new(0),
+        feeds: Mutex::new(Vec::new()),
         delays_us: Mutex::new(Vec::new()),
         received: Mutex::new(vec![0; tracks]),
     });
-    let gate = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
+    // Publishers first (Janus subscribers name the feeds they want), then subscribers, whose
+    // join time runs to the first media packet as well as to the connection.
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..options.subscribers {
-        let (o, s, g) = (options.clone(), shared.clone(), gate.clone());
-        tasks.spawn(async move { subscriber(i, o, s, g).await });
-    }
-    // Subscribers first, so that every one of them sees every track from its start.
-    let joined_by = Instant::now() + Duration::from_secs(30 + options.subscribers as u64 / 20);
-    while progress.subscribers_connected.load(Ordering::Relaxed) < options.subscribers
-        && Instant::now() < joined_by
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    progress.phase.store(1, Ordering::Relaxed);
     for t in 0..tracks {
         let kind = if t < options.video_publishers {
             MediaKind::Video
@@ -224,6 +256,24 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
         let (o, s) = (options.clone(), shared.clone());
         tasks.spawn(async move { publisher(t, kind, o, s).await });
     }
+    let published_by = Instant::now() + Duration::from_secs(20);
+    while shared.publishers_connected.load(Ordering::Relaxed) < tracks
+        && Instant::now() < published_by
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gate = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
+    for i in 0..options.subscribers {
+        let (o, s, g) = (options.clone(), shared.clone(), gate.clone());
+        tasks.spawn(async move { subscriber(i, o, s, g).await });
+    }
+    let joined_by = Instant::now() + Duration::from_secs(30 + options.subscribers as u64 / 20);
+    while progress.subscribers_connected.load(Ordering::Relaxed) < options.subscribers
+        && Instant::now() < joined_by
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.phase.store(1, Ordering::Relaxed);
     let warm_until = Instant::now() + WARMUP_LIMIT;
     let connected = progress.subscribers_connected.load(Ordering::Relaxed);
     while shared.seen_all.load(Ordering::Relaxed) < connected && Instant::now() < warm_until {
@@ -235,10 +285,11 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
     tokio::time::sleep(options.duration).await;
     shared.measuring.store(false, Ordering::Release);
     let seconds = started.elapsed().as_secs_f64();
+    progress.phase.store(3, Ordering::Relaxed);
     // Packets still in flight count; then everyone leaves.
     tokio::time::sleep(Duration::from_millis(500)).await;
     shared.stop.store(true, Ordering::Release);
-    progress.phase.store(3, Ordering::Relaxed);
+    progress.phase.store(4, Ordering::Relaxed);
     while let Some(r) = tasks.join_next().await {
         if let Ok(Err(e)) = r {
             tracing::debug!("peer ended with {e}");
@@ -259,6 +310,11 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
     let total_received: u64 = received.iter().sum();
     let expected: u64 = sent.iter().sum::<u64>() * subs as u64;
     let mut join = shared.join_ms.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut first_media = shared
+        .first_media_ms
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
     let mut delays: Vec<f64> = shared
         .delays_us
         .lock()
@@ -269,6 +325,8 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
         subscribers_connected: subs,
         join_ms_p50: percentile(&mut join, 0.5),
         join_ms_p99: percentile(&mut join, 0.99),
+        first_media_ms_p50: percentile(&mut first_media, 0.5),
+        first_media_ms_p99: percentile(&mut first_media, 0.99),
         tracks: (0..tracks)
             .map(|t| TrackReport {
                 kind: if t < options.video_publishers {
@@ -298,6 +356,180 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
     })
 }
 
+/// What a simulated peer's signaling told it, whichever server it talks to.
+enum SignalEvent {
+    /// The server offers (a subscriber's PeerConnection).
+    Offer { sdp: String, id: u32 },
+    /// The server answered our offer.
+    Answer(String),
+    /// A publisher may now make its offer (the track is accepted, or the Janus join done).
+    CanOffer,
+    /// A remote candidate line.
+    Candidate(String),
+    /// The server ended the session.
+    Closed,
+    /// Nothing the load tester acts on.
+    Ignored,
+}
+
+/// A simulated peer's signaling connection.
+enum Signaling {
+    Livekit(Signal),
+    Janus(Janus),
+}
+
+impl Signaling {
+    /// Joins as a subscriber of everything published.
+    async fn subscriber(
+        options: &LoadOptions,
+        identity: &str,
+        shared: &Shared,
+    ) -> Result<Self, ClientError> {
+        Ok(match &options.target {
+            Target::Livekit { url, token } => {
+                Signaling::Livekit(Signal::connect(url, &token(identity)).await?)
+            }
+            Target::Janus { url, room } => {
+                let mut janus = Janus::connect(url).await?;
+                let feeds = shared.feeds.lock().map(|f| f.clone()).unwrap_or_default();
+                janus.join_subscriber(*room, &feeds).await?;
+                Signaling::Janus(janus)
+            }
+        })
+    }
+
+    /// Joins as a publisher of one track.
+    async fn publisher(
+        options: &LoadOptions,
+        identity: &str,
+        cid: &str,
+        kind: MediaKind,
+    ) -> Result<Self, ClientError> {
+        Ok(match &options.target {
+            Target::Livekit { url, token } => {
+                let mut signal = Signal::connect(url, &token(identity)).await?;
+                let (track_type, source) = match kind {
+                    MediaKind::Audio => (proto::TrackType::Audio, proto::TrackSource::Microphone),
+                    MediaKind::Video => (proto::TrackType::Video, proto::TrackSource::Camera),
+                };
+                signal
+                    .send(Req::AddTrack(proto::AddTrackRequest {
+                        cid: cid.to_string(),
+                        name: identity.to_string(),
+                        r#type: track_type as i32,
+                        source: source as i32,
+                        width: 640,
+                        height: 360,
+                        ..Default::default()
+                    }))
+                    .await?;
+                Signaling::Livekit(signal)
+            }
+            Target::Janus { url, room } => {
+                let mut janus = Janus::connect(url).await?;
+                let publishers = options.video_publishers + options.audio_publishers;
+                janus.create_room(*room, publishers).await?;
+                janus.join_publisher(*room, identity).await?;
+                Signaling::Janus(janus)
+            }
+        })
+    }
+
+    /// The next event; Janus publishers' feed ids are recorded in `shared`.
+    async fn recv(&mut self, shared: &Shared) -> Result<SignalEvent, ClientError> {
+        match self {
+            Signaling::Livekit(signal) => {
+                let Some(msg) = signal.recv().await? else {
+                    return Ok(SignalEvent::Closed);
+                };
+                Ok(match msg.message {
+                    Some(Resp::Offer(sd)) => SignalEvent::Offer {
+                        sdp: sd.sdp,
+                        id: sd.id,
+                    },
+                    Some(Resp::Answer(sd)) => SignalEvent::Answer(sd.sdp),
+                    Some(Resp::TrackPublished(_)) => SignalEvent::CanOffer,
+                    Some(Resp::Trickle(t)) => match candidate_line(&t.candidate_init) {
+                        Some(line) => SignalEvent::Candidate(line),
+                        None => SignalEvent::Ignored,
+                    },
+                    Some(Resp::Leave(_)) => SignalEvent::Closed,
+                    _ => SignalEvent::Ignored,
+                })
+            }
+            Signaling::Janus(janus) => {
+                let Some(event) = janus.next_event().await? else {
+                    return Ok(SignalEvent::Closed);
+                };
+                Ok(match event {
+                    JanusEvent::Plugin { data, jsep } => match jsep {
+                        Some((t, sdp)) if t == "offer" => SignalEvent::Offer { sdp, id: 0 },
+                        Some((t, sdp)) if t == "answer" => SignalEvent::Answer(sdp),
+                        _ if data["videoroom"] == "joined" => {
+                            if let (Some(feed), Ok(mut feeds)) =
+                                (data["id"].as_u64(), shared.feeds.lock())
+                            {
+                                feeds.push(feed);
+                            }
+                            SignalEvent::CanOffer
+                        }
+                        _ => SignalEvent::Ignored,
+                    },
+                    JanusEvent::Trickle(Some(line)) => SignalEvent::Candidate(line),
+                    JanusEvent::Hangup(_) => SignalEvent::Closed,
+                    JanusEvent::Trickle(None) | JanusEvent::WebrtcUp => SignalEvent::Ignored,
+                })
+            }
+        }
+    }
+
+    async fn send_offer(&mut self, sdp: String) -> Result<(), ClientError> {
+        match self {
+            Signaling::Livekit(signal) => {
+                signal
+                    .send(Req::Offer(proto::SessionDescription {
+                        r#type: "offer".into(),
+                        sdp,
+                        id: 1,
+                        ..Default::default()
+                    }))
+                    .await
+            }
+            Signaling::Janus(janus) => janus.publish(&sdp).await,
+        }
+    }
+
+    async fn send_answer(&mut self, sdp: String, id: u32) -> Result<(), ClientError> {
+        match self {
+            Signaling::Livekit(signal) => {
+                signal
+                    .send(Req::Answer(proto::SessionDescription {
+                        r#type: "answer".into(),
+                        sdp,
+                        id,
+                        ..Default::default()
+                    }))
+                    .await
+            }
+            Signaling::Janus(janus) => janus.start(&sdp).await,
+        }
+    }
+
+    async fn leave(self) {
+        match self {
+            Signaling::Livekit(signal) => signal.leave().await,
+            Signaling::Janus(janus) => janus.leave().await,
+        }
+    }
+}
+
+fn add_candidate(rtc: &mut Rtc, line: &str) {
+    let line = line.strip_prefix("a=").unwrap_or(line);
+    if let Ok(c) = Candidate::from_sdp_string(line) {
+        rtc.add_remote_candidate(c);
+    }
+}
+
 async fn subscriber(
     index: usize,
     options: LoadOptions,
@@ -310,8 +542,8 @@ async fn subscriber(
         .map_err(|e| ClientError::Signal(e.to_string()))?;
     let identity = format!("load-sub-{index}");
     let start = Instant::now();
-    let mut signal = Signal::connect(&options.url, &(options.token)(&identity)).await?;
-    let socket = local_socket(&options.url).await?;
+    let mut signal = Signaling::subscriber(&options, &identity, &shared).await?;
+    let socket = local_socket(options.target.url(), options.local_ip).await?;
     let local = socket.local_addr()?;
     let mut rtc = new_rtc(local)?;
     let mut buf = vec![0u8; 2000];
@@ -350,6 +582,11 @@ async fn subscriber(
                         continue;
                     }
                     if !seen[track] {
+                        if seen_count == 0
+                            && let Ok(mut f) = shared.first_media_ms.lock()
+                        {
+                            f.push(start.elapsed().as_secs_f64() * 1000.0);
+                        }
                         seen[track] = true;
                         seen_count += 1;
                         if seen_count == shared.tracks {
@@ -382,25 +619,16 @@ async fn subscriber(
                 .into(),
         );
         tokio::select! {
-            msg = signal.recv() => {
-                let Some(msg) = msg? else { break };
-                match msg.message {
-                    Some(Resp::Offer(sd)) => {
-                        let offer = SdpOffer::from_sdp_string(&sd.sdp).map_err(rtc_err)?;
-                        let answer = rtc.sdp_api().accept_offer(offer).map_err(rtc_err)?;
-                        signal.send(Req::Answer(proto::SessionDescription {
-                            r#type: "answer".into(), sdp: answer.to_sdp_string(), id: sd.id, ..Default::default()
-                        })).await?;
-                    }
-                    Some(Resp::Trickle(t)) => {
-                        if let Some(c) = candidate_line(&t.candidate_init).and_then(|l| Candidate::from_sdp_string(&l).ok()) {
-                            rtc.add_remote_candidate(c);
-                        }
-                    }
-                    Some(Resp::Leave(_)) => break,
-                    _ => {}
+            ev = signal.recv(&shared) => match ev? {
+                SignalEvent::Offer { sdp, id } => {
+                    let offer = SdpOffer::from_sdp_string(&sdp).map_err(rtc_err)?;
+                    let answer = rtc.sdp_api().accept_offer(offer).map_err(rtc_err)?;
+                    signal.send_answer(answer.to_sdp_string(), id).await?;
                 }
-            }
+                SignalEvent::Candidate(line) => add_candidate(&mut rtc, &line),
+                SignalEvent::Closed => break,
+                _ => {}
+            },
             r = socket.recv_from(&mut buf) => {
                 let (n, source) = r?;
                 if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
@@ -435,26 +663,11 @@ async fn publisher(
     shared: Arc<Shared>,
 ) -> Result<(), ClientError> {
     let identity = format!("load-pub-{track}");
-    let mut signal = Signal::connect(&options.url, &(options.token)(&identity)).await?;
-    let socket = local_socket(&options.url).await?;
+    let cid = format!("load-track-{track}");
+    let mut signal = Signaling::publisher(&options, &identity, &cid, kind).await?;
+    let socket = local_socket(options.target.url(), options.local_ip).await?;
     let local = socket.local_addr()?;
     let mut rtc = new_rtc(local)?;
-    let cid = format!("load-track-{track}");
-    let (track_type, source) = match kind {
-        MediaKind::Audio => (proto::TrackType::Audio, proto::TrackSource::Microphone),
-        MediaKind::Video => (proto::TrackType::Video, proto::TrackSource::Camera),
-    };
-    signal
-        .send(Req::AddTrack(proto::AddTrackRequest {
-            cid: cid.clone(),
-            name: identity.clone(),
-            r#type: track_type as i32,
-            source: source as i32,
-            width: 640,
-            height: 360,
-            ..Default::default()
-        }))
-        .await?;
     let mut mid: Option<Mid> = None;
     let mut pending = None;
     let mut connected = false;
@@ -540,6 +753,7 @@ async fn publisher(
             if let Event::Connected = e {
                 connected = true;
                 next_send = Instant::now();
+                shared.publishers_connected.fetch_add(1, Ordering::Relaxed);
             }
         }
         let wake = if connected {
@@ -553,34 +767,25 @@ async fn publisher(
                 .into(),
         );
         tokio::select! {
-            msg = signal.recv() => {
-                let Some(msg) = msg? else { break };
-                match msg.message {
-                    Some(Resp::TrackPublished(_)) if mid.is_none() => {
-                        let mut api = rtc.sdp_api();
-                        mid = Some(api.add_media(kind, Direction::SendOnly, Some(identity.clone()), Some(cid.clone()), None));
-                        if let Some((offer, p)) = api.apply() {
-                            pending = Some(p);
-                            signal.send(Req::Offer(proto::SessionDescription {
-                                r#type: "offer".into(), sdp: offer.to_sdp_string(), id: 1, ..Default::default()
-                            })).await?;
-                        }
+            ev = signal.recv(&shared) => match ev? {
+                SignalEvent::CanOffer if mid.is_none() => {
+                    let mut api = rtc.sdp_api();
+                    mid = Some(api.add_media(kind, Direction::SendOnly, Some(identity.clone()), Some(cid.clone()), None));
+                    if let Some((offer, p)) = api.apply() {
+                        pending = Some(p);
+                        signal.send_offer(offer.to_sdp_string()).await?;
                     }
-                    Some(Resp::Answer(sd)) => {
-                        if let Some(p) = pending.take() {
-                            let answer = SdpAnswer::from_sdp_string(&sd.sdp).map_err(rtc_err)?;
-                            rtc.sdp_api().accept_answer(p, answer).map_err(rtc_err)?;
-                        }
-                    }
-                    Some(Resp::Trickle(t)) => {
-                        if let Some(c) = candidate_line(&t.candidate_init).and_then(|l| Candidate::from_sdp_string(&l).ok()) {
-                            rtc.add_remote_candidate(c);
-                        }
-                    }
-                    Some(Resp::Leave(_)) => break,
-                    _ => {}
                 }
-            }
+                SignalEvent::Answer(sdp) => {
+                    if let Some(p) = pending.take() {
+                        let answer = SdpAnswer::from_sdp_string(&sdp).map_err(rtc_err)?;
+                        rtc.sdp_api().accept_answer(p, answer).map_err(rtc_err)?;
+                    }
+                }
+                SignalEvent::Candidate(line) => add_candidate(&mut rtc, &line),
+                SignalEvent::Closed => break,
+                _ => {}
+            },
             r = socket.recv_from(&mut buf) => {
                 let (n, source) = r?;
                 if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {

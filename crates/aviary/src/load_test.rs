@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aviary_client::load::{self, LoadOptions, LoadReport, Progress};
+use aviary_client::load::{self, LoadOptions, LoadReport, Progress, Target};
 use clap::Args;
 use livekit_api::access_token::{AccessToken, VideoGrants};
 
@@ -39,6 +39,16 @@ pub struct LoadTestArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// The server is Janus (its WebSocket API at --url, e.g. ws://127.0.0.1:8188), driven
+    /// through its VideoRoom plugin: for side-by-side benchmarks.
+    #[arg(long)]
+    janus: bool,
+    /// VideoRoom room number with --janus (created when missing).
+    #[arg(long, default_value_t = 1234)]
+    janus_room: u64,
+    /// Local IP address for the media sockets (default: the one that routes to the server).
+    #[arg(long)]
+    local_ip: Option<std::net::IpAddr>,
     /// Runtime threads driving the simulated participants.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -63,6 +73,8 @@ fn report_json(r: &LoadReport) -> serde_json::Value {
         "subscribers_connected": r.subscribers_connected,
         "join_ms_p50": r.join_ms_p50,
         "join_ms_p99": r.join_ms_p99,
+        "first_media_ms_p50": r.first_media_ms_p50,
+        "first_media_ms_p99": r.first_media_ms_p99,
         "packets_received": r.packets_received,
         "loss_percent": r.loss_percent,
         "bitrate_per_subscriber_bps": r.bitrate_per_subscriber,
@@ -82,11 +94,14 @@ fn report_table(r: &LoadReport) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "subscribers connected  {}\njoin time p50 / p99    {:.1} / {:.1} ms\n\
+         first media p50 / p99  {:.1} / {:.1} ms\n\
          packets received       {}\nloss                   {:.3} %\n\
          bitrate / subscriber   {:.0} kbps\nforwarding delay p50 / p99  {:.2} / {:.2} ms\n\n",
         r.subscribers_connected,
         r.join_ms_p50,
         r.join_ms_p99,
+        r.first_media_ms_p50,
+        r.first_media_ms_p99,
         r.packets_received,
         r.loss_percent,
         r.bitrate_per_subscriber / 1000.0,
@@ -122,9 +137,20 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             .to_jwt()
             .unwrap_or_default()
     });
+    let target = if args.janus {
+        Target::Janus {
+            url: args.remote.url.clone(),
+            room: args.janus_room,
+        }
+    } else {
+        Target::Livekit {
+            url: args.remote.url.clone(),
+            token,
+        }
+    };
     let options = LoadOptions {
-        url: args.remote.url.clone(),
-        token,
+        target,
+        local_ip: args.local_ip,
         video_publishers: args.video_publishers,
         audio_publishers: args.audio_publishers,
         subscribers: args.subscribers,
@@ -149,8 +175,8 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             loop {
                 tick.tick().await;
                 ticks += 1;
-                let index = progress.phase.load(Ordering::Relaxed).min(3);
-                let phase = ["joining", "warm-up", "measuring", "leaving"][index];
+                let index = progress.phase.load(Ordering::Relaxed).min(4);
+                let phase = ["joining", "warm-up", "measuring", "draining", "leaving"][index];
                 if index != shown {
                     // One line per phase change, for scripts that sample the server meanwhile.
                     shown = index;

@@ -106,8 +106,15 @@ async fn rtc(
         client_protocol,
         auto_subscribe,
     };
-    ws.on_upgrade(move |socket| serve_socket(socket, state, request))
+    // Signaling messages are small; tungstenite's 128 KiB default read buffer would be most
+    // of an idle participant's memory.
+    ws.read_buffer_size(SIGNAL_READ_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| serve_socket(socket, state, request))
 }
+
+/// Initial read buffer of a signaling WebSocket (it grows for larger messages).
+const SIGNAL_READ_BUFFER: usize = 4096;
 
 async fn serve_socket(socket: WebSocket, state: AppState, request: JoinRequest) {
     let (mut sink, stream) = socket.split();

@@ -1,0 +1,139 @@
+"""The two servers the load benchmark compares, each started fresh: `aviary serve --dev` and
+Janus with the VideoRoom plugin. Also used by tests/interop/test_janus.py.
+
+Janus must run inside the private network namespace of scripts/testnet.sh: its ICE library
+never gathers loopback interfaces, so it is pinned with `ice_enforce_list` to the veth that
+carries 127.0.0.2, and clients must use 127.0.0.2 as their own address toward it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+JANUS_LIB = "/usr/lib/x86_64-linux-gnu/janus"
+VETH = "avr0"  # the veth scripts/testnet.sh gives 127.0.0.2
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_tcp(port: int, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def raise_nofile() -> None:
+    """Room for a thousand peers' sockets (run in the child before exec)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Server:
+    name = ""
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Aviary(Server):
+    name = "aviary"
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        udp = free_port(socket.SOCK_DGRAM)
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--dev", "--port", str(self.port), "--udp-port", str(udp),
+             "--tcp-port", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"}, preexec_fn=raise_nofile,
+        )
+        wait_tcp(self.port)
+
+    def load_args(self) -> list[str]:
+        return ["--url", f"ws://127.0.0.1:{self.port}"]
+
+
+class Janus(Server):
+    name = "janus"
+
+    def __init__(self, workdir: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="janus-", dir=workdir)
+        self.port = free_port()
+        for sub, lib in (("plugins", "libjanus_videoroom.so"), ("transports", "libjanus_websockets.so")):
+            os.makedirs(os.path.join(self.dir, sub))
+            os.symlink(os.path.join(JANUS_LIB, sub, lib), os.path.join(self.dir, sub, lib))
+        for sub in ("events", "loggers"):
+            os.makedirs(os.path.join(self.dir, sub))
+        self.write("janus.jcfg", f"""
+general: {{
+    configs_folder = "{self.dir}"
+    plugins_folder = "{self.dir}/plugins"
+    transports_folder = "{self.dir}/transports"
+    events_folder = "{self.dir}/events"
+    loggers_folder = "{self.dir}/loggers"
+    log_to_stdout = true
+    debug_level = 3
+    session_timeout = 0
+    event_loops = 2
+}}
+media: {{
+    rtp_port_range = "20000-60000"
+}}
+nat: {{
+    ice_enforce_list = "{VETH}"
+}}
+""")
+        self.write("janus.transport.websockets.jcfg", f"""
+general: {{
+    json = "compact"
+    ws = true
+    ws_port = {self.port}
+    ws_ip = "127.0.0.1"
+    wss = false
+}}
+admin: {{
+    admin_ws = false
+}}
+""")
+        # No admin_key: the load tester creates its room through the API.
+        self.write("janus.plugin.videoroom.jcfg", "general: {\n}\n")
+        self.log = open(os.path.join(self.dir, "janus.log"), "w")
+        self.proc = subprocess.Popen(
+            ["janus", "-F", self.dir, "-C", os.path.join(self.dir, "janus.jcfg")],
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=raise_nofile,
+        )
+        wait_tcp(self.port)
+
+    def write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.dir, name), "w") as f:
+            f.write(text)
+
+    def stop(self) -> None:
+        super().stop()
+        self.log.close()
+
+    def load_args(self) -> list[str]:
+        return ["--janus", "--url", f"ws://127.0.0.1:{self.port}", "--local-ip", "127.0.0.2"]

@@ -1,0 +1,44 @@
+"""The load tester's Janus adapter against a real Janus (Debian's `janus`, VideoRoom plugin),
+as the side-by-side benchmark (bench/load.py) uses it: same config, same namespace address."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import server_binary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from servers import Janus  # noqa: E402
+
+if not shutil.which("janus") and not os.environ.get("CI"):
+    pytest.skip("no janus binary (apt-get install janus); CI installs it", allow_module_level=True)
+
+
+def test_load_test_drives_janus_videoroom(tmp_path: Path) -> None:
+    janus = Janus(str(tmp_path))
+    try:
+        argv = [
+            str(server_binary()), "load-test", *janus.load_args(), "--room", "janus",
+            "--video-publishers", "1", "--subscribers", "4",
+            "--duration", "3s", "--video-bitrate", "300k", "--json",
+        ]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finally:
+        janus.stop()
+    log = (Path(janus.dir) / "janus.log").read_text(errors="replace")
+    assert out.returncode == 0, out.stderr + "\n--- janus log ---\n" + log[-3000:]
+    r = json.loads(out.stdout)
+    assert r["subscribers_connected"] == 4, log[-3000:]
+    [track] = r["tracks"]
+    # 300 kbps of 1100-byte packets for 3 s is about 100 packets.
+    assert track["packets_sent"] >= 80, track
+    assert track["packets_received"] == 4 * track["packets_sent"], track
+    assert r["loss_percent"] == 0
+    assert 0 < r["first_media_ms_p50"] < 5000
