@@ -65,7 +65,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
              "--duration", f"{duration}s", "--video-bitrate", bitrate, "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
         )
-        marks: dict[str, tuple[float, int]] = {}
+        marks: dict[str, tuple[float, int, float]] = {}
 
         def watch() -> None:
             assert load.stderr is not None
@@ -75,7 +75,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
                     key = {"measuring": "start", "draining": "end"}.get(phase)
                     if key and key not in marks:
                         try:
-                            marks[key] = (cpu_seconds(pid), rss_kib(pid))
+                            marks[key] = (cpu_seconds(pid), rss_kib(pid), cpu_seconds(load.pid))
                         except OSError as e:  # reported below as a missing mark
                             print(f"sampling failed at {phase}: {e}", file=sys.stderr)
 
@@ -89,7 +89,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
         report = json.loads(out)
         if "start" not in marks or "end" not in marks:
             raise RuntimeError(f"{server.name}: the load tester never reached the measured window")
-        (c0, _), (c1, rss) = marks["start"], marks["end"]
+        (c0, _, l0), (c1, rss, l1) = marks["start"], marks["end"]
         packets = report["packets_received"]
         return {
             "server": server.name,
@@ -98,6 +98,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
             "cpu_us_per_packet": (c1 - c0) * 1e6 / max(packets, 1),
             "forwarded_per_s": packets / report["seconds"],
             "server_cpu_percent": 100 * (c1 - c0) / report["seconds"],
+            "load_cpu_percent": 100 * (l1 - l0) / report["seconds"],
             "rss_kib_per_subscriber": (rss - idle_rss) / max(subscribers, 1),
             "loss_percent": report["loss_percent"],
             "delay_ms_p50": report["delay_ms_p50"],
@@ -127,9 +128,9 @@ def main() -> int:
         servers.remove("janus")
     workdir = tempfile.mkdtemp(prefix="aviary-bench-")
     print("| subscribers | server | connected | server CPU-µs / forwarded packet | Janus ÷ Aviary | "
-          "forwarded pkt/s | server CPU % | RSS KiB / subscriber | loss % | delay p50 / p99 ms | "
-          "first media p50 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "forwarded pkt/s | server CPU % | load tester CPU % | RSS KiB / subscriber | loss % | "
+          "delay p50 / p99 ms | first media p50 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for n in a.subscribers:
             rows = {}
@@ -141,7 +142,7 @@ def main() -> int:
                 if name == "janus" and "aviary" in rows:
                     ratio = f"{r['cpu_us_per_packet'] / max(rows['aviary']['cpu_us_per_packet'], 1e-9):.2f}"
                 print(f"| {n} | {name} | {r['connected']} | {r['cpu_us_per_packet']:.2f} | {ratio} | "
-                      f"{r['forwarded_per_s']:.0f} | {r['server_cpu_percent']:.0f} | "
+                      f"{r['forwarded_per_s']:.0f} | {r['server_cpu_percent']:.0f} | {r['load_cpu_percent']:.0f} | "
                       f"{r['rss_kib_per_subscriber']:.1f} | {r['loss_percent']:.3f} | "
                       f"{r['delay_ms_p50']:.2f} / {r['delay_ms_p99']:.2f} | "
                       f"{r['first_media_ms_p50']:.1f} |", flush=True)

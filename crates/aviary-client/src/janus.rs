@@ -60,9 +60,13 @@ impl Janus {
             "Sec-WebSocket-Protocol",
             "janus-protocol".parse().map_err(err)?,
         );
-        let (ws, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(err)?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(crate::signal::ws_config()),
+            true,
+        )
+        .await
+        .map_err(err)?;
         let mut janus = Self {
             ws,
             session: 0,
@@ -159,6 +163,11 @@ impl Janus {
                 return Ok(Some(e));
             }
         }
+    }
+
+    /// Keeps the session alive (Janus ends sessions silent for `session_timeout`).
+    pub async fn keepalive(&mut self) -> Result<(), ClientError> {
+        self.send(json!({"janus": "keepalive"})).await.map(drop)
     }
 
     /// Leaves: destroys the session (which detaches the handle and hangs up).

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use livekit_protocol as proto;
 use livekit_protocol::signal_request::Message as Req;
@@ -373,12 +373,48 @@ enum SignalEvent {
 }
 
 /// A simulated peer's signaling connection.
-enum Signaling {
+enum Link {
     Livekit(Signal),
     Janus(Janus),
 }
 
+/// A signaling connection and its keep-alive schedule: LiveKit servers close sessions that
+/// do not ping within `ping_timeout`, Janus sessions that are silent for `session_timeout`.
+struct Signaling {
+    link: Link,
+    keepalive_at: Instant,
+}
+
+/// Often enough for LiveKit's default ping interval (5 s) and Janus's timeout (60 s).
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 impl Signaling {
+    fn new(link: Link) -> Self {
+        Self {
+            link,
+            keepalive_at: Instant::now() + KEEPALIVE,
+        }
+    }
+
+    /// Sends a keep-alive when one is due.
+    async fn keepalive(&mut self) -> Result<(), ClientError> {
+        let now = Instant::now();
+        if now < self.keepalive_at {
+            return Ok(());
+        }
+        self.keepalive_at = now + KEEPALIVE;
+        match &mut self.link {
+            Link::Livekit(signal) => {
+                let ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or_default();
+                signal.send(Req::Ping(ms)).await
+            }
+            Link::Janus(janus) => janus.keepalive().await,
+        }
+    }
+
     /// Joins as a subscriber of everything published.
     async fn subscriber(
         options: &LoadOptions,
@@ -387,13 +423,13 @@ impl Signaling {
     ) -> Result<Self, ClientError> {
         Ok(match &options.target {
             Target::Livekit { url, token } => {
-                Signaling::Livekit(Signal::connect(url, &token(identity)).await?)
+                Signaling::new(Link::Livekit(Signal::connect(url, &token(identity)).await?))
             }
             Target::Janus { url, room } => {
                 let mut janus = Janus::connect(url).await?;
                 let feeds = shared.feeds.lock().map(|f| f.clone()).unwrap_or_default();
                 janus.join_subscriber(*room, &feeds).await?;
-                Signaling::Janus(janus)
+                Signaling::new(Link::Janus(janus))
             }
         })
     }
@@ -423,22 +459,22 @@ impl Signaling {
                         ..Default::default()
                     }))
                     .await?;
-                Signaling::Livekit(signal)
+                Signaling::new(Link::Livekit(signal))
             }
             Target::Janus { url, room } => {
                 let mut janus = Janus::connect(url).await?;
                 let publishers = options.video_publishers + options.audio_publishers;
                 janus.create_room(*room, publishers).await?;
                 janus.join_publisher(*room, identity).await?;
-                Signaling::Janus(janus)
+                Signaling::new(Link::Janus(janus))
             }
         })
     }
 
     /// The next event; Janus publishers' feed ids are recorded in `shared`.
     async fn recv(&mut self, shared: &Shared) -> Result<SignalEvent, ClientError> {
-        match self {
-            Signaling::Livekit(signal) => {
+        match &mut self.link {
+            Link::Livekit(signal) => {
                 let Some(msg) = signal.recv().await? else {
                     return Ok(SignalEvent::Closed);
                 };
@@ -457,7 +493,7 @@ impl Signaling {
                     _ => SignalEvent::Ignored,
                 })
             }
-            Signaling::Janus(janus) => {
+            Link::Janus(janus) => {
                 let Some(event) = janus.next_event().await? else {
                     return Ok(SignalEvent::Closed);
                 };
@@ -484,8 +520,8 @@ impl Signaling {
     }
 
     async fn send_offer(&mut self, sdp: String) -> Result<(), ClientError> {
-        match self {
-            Signaling::Livekit(signal) => {
+        match &mut self.link {
+            Link::Livekit(signal) => {
                 signal
                     .send(Req::Offer(proto::SessionDescription {
                         r#type: "offer".into(),
@@ -495,13 +531,13 @@ impl Signaling {
                     }))
                     .await
             }
-            Signaling::Janus(janus) => janus.publish(&sdp).await,
+            Link::Janus(janus) => janus.publish(&sdp).await,
         }
     }
 
     async fn send_answer(&mut self, sdp: String, id: u32) -> Result<(), ClientError> {
-        match self {
-            Signaling::Livekit(signal) => {
+        match &mut self.link {
+            Link::Livekit(signal) => {
                 signal
                     .send(Req::Answer(proto::SessionDescription {
                         r#type: "answer".into(),
@@ -511,14 +547,14 @@ impl Signaling {
                     }))
                     .await
             }
-            Signaling::Janus(janus) => janus.start(&sdp).await,
+            Link::Janus(janus) => janus.start(&sdp).await,
         }
     }
 
     async fn leave(self) {
-        match self {
-            Signaling::Livekit(signal) => signal.leave().await,
-            Signaling::Janus(janus) => janus.leave().await,
+        match self.link {
+            Link::Livekit(signal) => signal.leave().await,
+            Link::Janus(janus) => janus.leave().await,
         }
     }
 }
@@ -612,6 +648,7 @@ async fn subscriber(
                 _ => {}
             }
         }
+        signal.keepalive().await?;
         let sleep = tokio::time::sleep_until(
             timeout
                 .max(Instant::now())
@@ -761,6 +798,7 @@ async fn publisher(
         } else {
             timeout
         };
+        signal.keepalive().await?;
         let sleep = tokio::time::sleep_until(
             wake.max(Instant::now())
                 .min(Instant::now() + Duration::from_millis(200))

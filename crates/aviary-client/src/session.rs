@@ -200,9 +200,13 @@ pub async fn join(
         options.token,
         env!("CARGO_PKG_VERSION")
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .map_err(|e| ClientError::Signal(e.to_string()))?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        url.as_str(),
+        Some(crate::signal::ws_config()),
+        true,
+    )
+    .await
+    .map_err(|e| ClientError::Signal(e.to_string()))?;
 
     // Our address toward the server: a connected UDP socket learns the route's source
     // address without sending anything.

@@ -6,6 +6,7 @@ use livekit_protocol::signal_request::Message as Req;
 use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::ClientError;
@@ -13,6 +14,16 @@ use crate::ClientError;
 /// A signaling connection.
 pub struct Signal {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// WebSocket settings for signaling: tungstenite grows its read buffer by
+/// `read_buffer_size` and zeroes that much on every read attempt, so its 128 KiB default
+/// costs a 128 KiB memset each time a peer's event loop polls the socket (the load
+/// tester's main cost before this). Signaling messages are small.
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
 }
 
 /// `ws://` or `wss://` for an http(s) or ws(s) URL.
@@ -37,9 +48,10 @@ impl Signal {
             ws_base(url)?,
             env!("CARGO_PKG_VERSION")
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .map_err(|e| ClientError::Signal(e.to_string()))?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true)
+                .await
+                .map_err(|e| ClientError::Signal(e.to_string()))?;
         Ok(Self { ws })
     }
 

@@ -107,7 +107,7 @@ async fn rtc(
         auto_subscribe,
     };
     // Signaling messages are small; tungstenite's 128 KiB default read buffer would be most
-    // of an idle participant's memory.
+    // of an idle participant's memory, and it zeroes that much on each read attempt.
     ws.read_buffer_size(SIGNAL_READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| serve_socket(socket, state, request))

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 
 use aviary_sfu::{DataKind, MediaKind, ProducerId, TransportDirection};
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, warn};
 
 /// Which participant of which room a command is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -260,6 +261,7 @@ impl WorkerPool {
             let std_socket = std::net::UdpSocket::bind(bind)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {bind}: {e}")))?;
             std_socket.set_nonblocking(true)?;
+            size_buffers(&std_socket, bind);
             let udp_addr = std_socket.local_addr()?;
             let advertised = SocketAddr::new(config.node_ip, udp_addr.port());
             let (tx, rx) = mpsc::channel();
@@ -325,4 +327,23 @@ impl WorkerPool {
             let _ = t.join();
         }
     }
+}
+
+/// Socket buffers asked for on each worker's UDP socket. A worker fanning one packet out to
+/// a thousand subscribers does not read for a few milliseconds, while their RTCP keeps
+/// arriving; the kernel's default (~200 KiB, under a hundred full-size datagrams) overflows,
+/// and every publisher packet lost there comes back as a NACK from each subscriber. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER: usize = 8 << 20;
+
+fn size_buffers(socket: &std::net::UdpSocket, bind: SocketAddr) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s.set_recv_buffer_size(UDP_BUFFER) {
+        warn!(%bind, "cannot size the UDP receive buffer: {e}");
+    }
+    if let Err(e) = s.set_send_buffer_size(UDP_BUFFER) {
+        warn!(%bind, "cannot size the UDP send buffer: {e}");
+    }
+    let (recv, send) = (s.recv_buffer_size(), s.send_buffer_size());
+    debug!(%bind, ?recv, ?send, "UDP socket buffers");
 }
