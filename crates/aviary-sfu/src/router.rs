@@ -139,13 +139,23 @@ pub struct RouterStats {
 
 /// How long to sleep when no transport wants a wake-up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Retransmission history per consumer. str0m keeps 3 s by default; NACKs come within a
+/// round trip or two, and a shorter history is a third of the memory per subscriber (and of
+/// the cache upkeep per forwarded packet).
+const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+/// Enough for 1 s at ~6 Mbit/s of full-size packets.
+const RTX_CACHE_PACKETS: usize = 600;
+/// str0m's default cap on retransmitted / transmitted bytes.
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 /// How often str0m reports per-stream statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A room's media plane.
 pub struct Router {
     config: RouterConfig,
-    transports: HashMap<TransportId, Transport>,
+    /// Boxed: a `Transport` (with its `Rtc`) is ~10 KiB, and a map of them inline would
+    /// keep that much per empty slot.
+    transports: HashMap<TransportId, Box<Transport>>,
     producers: HashMap<ProducerId, Producer>,
     consumers: HashMap<ConsumerId, Consumer>,
     producer_by_mid: HashMap<(TransportId, Mid), ProducerId>,
@@ -234,7 +244,7 @@ impl Router {
             transport.offer_if_needed(&mut self.sink);
         }
         transport.drive(&mut self.sink);
-        self.transports.insert(id, transport);
+        self.transports.insert(id, Box::new(transport));
         self.after(id);
         id
     }
@@ -498,7 +508,7 @@ impl Router {
 
     /// The transport with this id.
     pub fn transport(&self, id: TransportId) -> Option<&Transport> {
-        self.transports.get(&id)
+        self.transports.get(&id).map(|t| &**t)
     }
 
     /// The producer with this id.
@@ -745,6 +755,9 @@ impl Router {
             } else {
                 packet.payload.clone()
             };
+            if !c.started {
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+            }
             tx.write_rtp(
                 RtpWrite::new(out_pt, seq.into(), ts, packet.timestamp, payload)
                     .marker(packet.header.marker)

@@ -93,10 +93,15 @@ where
         last_seen: Instant::now(),
         ping_timeout,
     };
-    let join = proto::SignalResponse {
-        message: Some(Resp::Join(response)),
-    };
-    if sink.send(encode_response(&join, false)).await.is_err() {
+    // Encoded and dropped before the await: a local still in scope would live in this
+    // future for the whole session, and the JoinResponse lists every other participant.
+    let join = encode_response(
+        &proto::SignalResponse {
+            message: Some(Resp::Join(response)),
+        },
+        false,
+    );
+    if sink.send(join).await.is_err() {
         s.cleanup(End::Client);
         return;
     }
