@@ -159,8 +159,11 @@ async def wait_until_page_event(page: Page, name: str, identity: str, timeout: f
     return await wait_until(seen, timeout=timeout, what=f"the page to see {name} of {identity}", interval=0.3)
 
 
+# livekit-client publishes simulcast by default (two layers at 640x360); the subscriber
+# must get one of them, decodable.
+@pytest.mark.parametrize("simulcast", [False, True], ids=["one-layer", "simulcast"])
 async def test_page_publishes_camera_and_microphone_to_python(
-    server: Server, browsers: Browsers
+    server: Server, browsers: Browsers, simulcast: bool
 ) -> None:
     room = unique("web-pub")
     async with Clients(server) as clients, browsers:
@@ -176,7 +179,9 @@ async def test_page_publishes_camera_and_microphone_to_python(
 
         page = await browsers.open("web")
         await connect_page(page, server, room, "web")
-        published = await publish_page(page, camera=True, microphone=True, **PAGE_VIDEO)
+        published = await publish_page(
+            page, camera=True, microphone=True, **{**PAGE_VIDEO, "simulcast": simulcast}
+        )
         kinds = sorted(t["kind"] for t in published["tracks"])
         assert kinds == ["audio", "video"], published
 

@@ -281,6 +281,77 @@ async def test_video_frames_reach_the_subscriber(server: Server, codec_name: str
             await sender.stop()
 
 
+
+SIMULCAST_W, SIMULCAST_H = 1280, 720  # the SDK sends 320x180, 640x360 and 1280x720 layers
+LOW_W, LOW_H = 320, 180
+
+
+async def test_simulcast_video_follows_the_subscribers_quality(server: Server) -> None:
+    """SDKs publish simulcast by default: the subscriber gets one layer, the best one
+    unless it asks for less, and moves to the layer it asks for."""
+    room = unique("simulcast")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+        sender = SolidVideoSender(SIMULCAST_W, SIMULCAST_H, VIDEO_RGBA, name="cam").start()
+        stream = None
+        try:
+            options = rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA,
+                simulcast=True,
+                video_codec=rtc.VideoCodec.VP8,
+            )
+            publication = await publish_track(alice, sender.track, options)
+            subscribed = await wait_track_subscribed(bob, publication.sid)
+            track, pub, _ = subscribed.args
+            assert pub.simulcasted, "published with simulcast, yet not marked simulcasted"
+            stream = rtc.VideoStream(track)
+            frames: list[tuple[int, int, tuple[int, int, int, int]]] = []
+            asked_low_at: list[int] = []
+
+            async def read() -> None:
+                async for event in stream:
+                    f = event.frame
+                    frames.append((f.width, f.height, centre_rgba(f)))
+                    if not asked_low_at and frames[-10:] == [
+                        (SIMULCAST_W, SIMULCAST_H, frames[-1][2])
+                    ] * 10:
+                        # Ten full-size frames in a row: now ask for the lowest layer.
+                        asked_low_at.append(len(frames))
+                        pub.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+                    if asked_low_at and sum(
+                        (w, h) == (LOW_W, LOW_H) for w, h, _ in frames[asked_low_at[0] :]
+                    ) >= 20:
+                        return
+
+            try:
+                await asyncio.wait_for(read(), MEDIA_TIMEOUT * 2)
+            except asyncio.TimeoutError:
+                pass
+            sizes = [(w, h) for w, h, _ in frames]
+            assert asked_low_at, (
+                f"no run of 10 full-size frames among {len(frames)} decoded: {sorted(set(sizes))}"
+            )
+            after = sizes[asked_low_at[0] :]
+            assert after.count((LOW_W, LOW_H)) >= 20, (
+                f"after asking for LOW, {after.count((LOW_W, LOW_H))} frames of {LOW_W}x{LOW_H} "
+                f"among {len(after)}"
+            )
+            # Once on the low layer, it stays there: one layer at a time, no flapping.
+            first_low = after.index((LOW_W, LOW_H))
+            assert set(after[first_low:]) == {(LOW_W, LOW_H)}, sorted(set(after[first_low:]))
+            off = [px for _, _, px in frames if not colour_close(px, VIDEO_RGBA, COLOUR_TOLERANCE)]
+            assert not off, f"{len(off)} of {len(frames)} frames have the wrong colour: {off[:5]}"
+        finally:
+            if stream is not None:
+                try:
+                    await asyncio.wait_for(stream.aclose(), 5)
+                except Exception:
+                    pass
+            await sender.stop()
+
+
 async def test_audio_fans_out_to_an_early_and_a_late_subscriber(server: Server) -> None:
     room = unique("fanout")
     async with Clients(server) as clients:

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use str0m::media::{MediaKind, Mid, Pt};
 
+use crate::layers::Vp8Munger;
 use crate::rewrite::Rewriter;
 use crate::{ConsumerId, ProducerId, TransportId};
 
@@ -22,6 +23,9 @@ pub struct ConsumerOptions {
     pub track_id: String,
     /// Start paused (no packets until [`crate::Router::pause_consumer`] resumes it).
     pub paused: bool,
+    /// The highest simulcast layer wanted (0 is the lowest); see
+    /// [`crate::Router::set_preferred_layer`]. Defaults to the highest there is.
+    pub preferred_layer: usize,
 }
 
 impl ConsumerOptions {
@@ -38,6 +42,7 @@ impl ConsumerOptions {
             stream_id,
             track_id,
             paused: false,
+            preferred_layer: usize::MAX,
         }
     }
 }
@@ -70,6 +75,11 @@ pub struct Consumer {
     /// unwrapped to its primary block first (`None`: the subscriber lacks the codec).
     pub(crate) pt_map: HashMap<Pt, Option<(Pt, bool)>>,
     pub(crate) packets: u64,
+    /// The simulcast layer being forwarded (an index into the producer's layers); `None`
+    /// until the first keyframe of the target layer.
+    pub(crate) layer: Option<usize>,
+    pub(crate) preferred_layer: usize,
+    pub(crate) vp8: Vp8Munger,
 }
 
 impl Consumer {
@@ -101,5 +111,15 @@ impl Consumer {
     /// RTP packets forwarded.
     pub fn packets(&self) -> u64 {
         self.packets
+    }
+
+    /// The simulcast layer it forwards (0 is the producer's lowest), once it has one.
+    pub fn current_layer(&self) -> Option<usize> {
+        self.layer
+    }
+
+    /// The highest layer it may forward.
+    pub fn preferred_layer(&self) -> usize {
+        self.preferred_layer
     }
 }

@@ -24,6 +24,7 @@ mod consumer;
 pub mod demux;
 mod error;
 mod ids;
+mod layers;
 mod producer;
 mod rewrite;
 mod router;
@@ -37,7 +38,7 @@ pub use router::{Event, Output, Router, RouterConfig, RouterStats};
 pub use transport::{CloseReason, DataKind, Transport, TransportDirection, TransportOptions};
 
 /// str0m's media types that appear in this crate's API.
-pub use str0m::media::{MediaKind, Mid};
+pub use str0m::media::{MediaKind, Mid, Rid};
 
 pub use str0m::config::DtlsCert;
 /// Re-exported so that callers build inputs and read outputs with the same types.

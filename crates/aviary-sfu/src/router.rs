@@ -10,14 +10,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::{Candidate, IceCreds, Input, Rtc};
 use tracing::{debug, trace};
 
 use crate::consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
 use crate::error::ConsumeError;
+use crate::layers::{Layer, Vp8Munger, sort_layers, starts_keyframe, target_layer};
 use crate::producer::Producer;
 use crate::rewrite::Rewriter;
 use crate::transport::{
@@ -354,6 +355,9 @@ impl Router {
                 rewriter: Rewriter::new(clock_rate),
                 pt_map: HashMap::new(),
                 packets: 0,
+                layer: None,
+                preferred_layer: options.preferred_layer,
+                vp8: Vp8Munger::default(),
             },
         );
         if let Some(p) = self.producers.get_mut(&options.producer) {
@@ -390,22 +394,61 @@ impl Router {
         if !paused {
             c.started = false;
             c.rewriter.resync();
+            // A simulcast consumer starts again at a keyframe of its target layer.
+            c.layer = None;
         }
         Ok(())
     }
 
-    /// Asks the producer's publisher for a keyframe (throttled).
+    /// Sets the highest simulcast layer a consumer may forward (0 is the producer's lowest;
+    /// larger than the producer has means its highest). The consumer moves at the next
+    /// keyframe of the layer it should be on, which is asked for at once.
+    pub fn set_preferred_layer(
+        &mut self,
+        id: ConsumerId,
+        layer: usize,
+    ) -> Result<(), ConsumeError> {
+        let c = self
+            .consumers
+            .get_mut(&id)
+            .ok_or(ConsumeError::ConsumerNotFound(id))?;
+        c.preferred_layer = layer;
+        let (producer, current) = (c.producer, c.layer);
+        let now = self.now;
+        let target = self
+            .producers
+            .get(&producer)
+            .filter(|p| p.is_simulcast())
+            .and_then(|p| target_layer(&p.layers, layer, now));
+        if let Some(target) = target
+            && Some(target) != current
+        {
+            self.request_layer_keyframe(producer, target);
+        }
+        Ok(())
+    }
+
+    /// Asks the producer's publisher for a keyframe on every layer (throttled per layer).
     pub fn request_keyframe(&mut self, producer: ProducerId) {
+        let layers = self.producers.get(&producer).map_or(0, |p| p.layers.len());
+        for layer in 0..layers {
+            self.request_layer_keyframe(producer, layer);
+        }
+    }
+
+    /// Asks for a keyframe on one layer of a producer (throttled).
+    fn request_layer_keyframe(&mut self, producer: ProducerId, layer: usize) {
         let now = self.now;
         let Some(p) = self.producers.get_mut(&producer) else {
             return;
         };
-        if p.kind != MediaKind::Video || !p.take_keyframe_slot(now) {
+        if p.kind != MediaKind::Video || !p.take_keyframe_slot(layer, now) {
             return;
         }
+        let rid = p.layers.get(layer).and_then(|l| l.rid);
         let (transport, mid) = (p.transport, p.mid);
         if let Some(t) = self.transports.get_mut(&transport) {
-            if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 self.keyframe_requests_sent += 1;
             }
@@ -453,14 +496,13 @@ impl Router {
             t.handle_input(Input::Timeout(now), &mut self.sink);
             self.after(id);
         }
-        let owed: Vec<ProducerId> = self
+        let owed: Vec<(ProducerId, usize)> = self
             .producers
             .values()
-            .filter(|p| p.keyframe_deadline().is_some_and(|at| at <= now))
-            .map(|p| p.id)
+            .flat_map(|p| p.owed_layers(now).into_iter().map(|l| (p.id, l)))
             .collect();
-        for p in owed {
-            self.request_keyframe(p);
+        for (p, layer) in owed {
+            self.request_layer_keyframe(p, layer);
         }
     }
 
@@ -580,13 +622,17 @@ impl Router {
             match ev {
                 Internal::Rtp { transport, packet } => self.forward(transport, packet),
                 Internal::KeyframeRequest { transport, mid } => {
-                    let producer = self
+                    // Relayed for the layer this subscriber gets (the first until it has one).
+                    let wanted = self
                         .consumer_by_mid
                         .get(&(transport, mid))
                         .and_then(|c| self.consumers.get(c))
-                        .map(|c| c.producer);
-                    if let Some(p) = producer {
-                        self.request_keyframe(p);
+                        .map(|c| (c.producer, c.layer));
+                    if let Some((p, layer)) = wanted {
+                        match layer {
+                            Some(l) => self.request_layer_keyframe(p, l),
+                            None => self.request_keyframe(p),
+                        }
                     }
                 }
                 Internal::MediaAdded {
@@ -622,6 +668,13 @@ impl Router {
         }
         let media = t.rtc.media(mid);
         let track_id = media.map(|m| m.track_id().to_string()).unwrap_or_default();
+        let mut layers: Vec<Layer> = match media.map(|m| m.rids_rx()) {
+            Some(Rids::Specific(rids)) if !rids.is_empty() => {
+                rids.iter().map(|r| Layer::new(Some(*r))).collect()
+            }
+            _ => vec![Layer::new(None)],
+        };
+        sort_layers(&mut layers);
         let first_pt = media.and_then(|m| m.remote_pts().first().copied());
         let mime = first_pt
             .and_then(|pt| t.rtc.codec_config().find(|p| p.pt() == pt))
@@ -637,8 +690,7 @@ impl Router {
                 kind,
                 track_id: track_id.clone(),
                 consumers: Vec::new(),
-                last_keyframe_request: None,
-                keyframe_owed: false,
+                layers,
                 packets: 0,
             },
         );
@@ -669,11 +721,11 @@ impl Router {
         let Some(t) = self.transports.get_mut(&from) else {
             return;
         };
-        let Some(mid) = t
+        let Some((mid, rid)) = t
             .rtc
             .direct_api()
             .stream_rx(&packet.header.ssrc)
-            .map(|s| s.mid())
+            .map(|s| (s.mid(), s.rid()))
         else {
             return;
         };
@@ -697,7 +749,27 @@ impl Router {
         };
         producer.packets += 1;
         self.packets_received += 1;
+        let now = self.now;
+        let layer = producer.layer_index(rid);
+        if let Some(l) = producer.layers.get_mut(layer) {
+            l.last_packet = Some(now);
+        }
+        // Simulcast: consumers switch layers at keyframes, and VP8 numbering is rewritten
+        // so that the switch is seamless. Both need a look inside the payload, once.
+        let simulcast = producer.is_simulcast();
+        let codec = spec.map(|(s, _)| s.codec);
+        let vp8 = match codec {
+            Some(Codec::Vp8) if simulcast => Vp8Descriptor::parse(&packet.payload).ok(),
+            _ => None,
+        };
+        let mut keyframe: Option<bool> = None;
+        let mut is_keyframe = || {
+            *keyframe.get_or_insert_with(|| {
+                codec.is_some_and(|c| starts_keyframe(c, &packet.payload, vp8.as_ref()))
+            })
+        };
         let mut wants_keyframe = false;
+        let mut wanted_layers: Vec<usize> = Vec::new();
         let ext = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
@@ -717,6 +789,31 @@ impl Router {
             };
             if !sub.is_connected() {
                 continue;
+            }
+            if simulcast {
+                let target = target_layer(&producer.layers, c.preferred_layer, now);
+                if c.layer != Some(layer) {
+                    // Another layer's packet: taken only to switch onto the target.
+                    if target != Some(layer) {
+                        continue;
+                    }
+                    if !is_keyframe() {
+                        if !wanted_layers.contains(&layer) {
+                            wanted_layers.push(layer);
+                        }
+                        continue;
+                    }
+                    c.layer = Some(layer);
+                    c.rewriter.resync();
+                    c.vp8.resync();
+                    c.started = true;
+                } else if let Some(t) = target
+                    && t != layer
+                    && !wanted_layers.contains(&t)
+                {
+                    // Still on the old layer until the target's keyframe arrives.
+                    wanted_layers.push(t);
+                }
             }
             let out_pt = *c.pt_map.entry(in_pt).or_insert_with(|| {
                 let (spec, red) = spec?;
@@ -755,15 +852,17 @@ impl Router {
             } else {
                 packet.payload.clone()
             };
-            if !c.started {
+            if c.packets == 0 {
                 tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
             }
-            tx.write_rtp(
-                RtpWrite::new(out_pt, seq.into(), ts, packet.timestamp, payload)
-                    .marker(packet.header.marker)
-                    .ext_vals(ext.clone())
-                    .nackable(c.kind == MediaKind::Video),
-            );
+            let mut write = RtpWrite::new(out_pt, seq.into(), ts, packet.timestamp, payload)
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(c.kind == MediaKind::Video);
+            if let Some(patch) = vp8.as_ref().and_then(|d| c.vp8.patch(d)) {
+                write = write.vp8_patch(patch);
+            }
+            tx.write_rtp(write);
             c.packets += 1;
             self.packets_forwarded += 1;
             if !c.started {
@@ -775,6 +874,19 @@ impl Router {
                 self.touched.push(c.transport);
             }
         }
+        // A simulcast consumer that has no layer yet waits for the target's keyframe.
+        if simulcast {
+            for cid in &producer.consumers {
+                if let Some(c) = self.consumers.get(cid)
+                    && c.layer.is_none()
+                    && !c.paused
+                    && let Some(t) = target_layer(&producer.layers, c.preferred_layer, now)
+                    && !wanted_layers.contains(&t)
+                {
+                    wanted_layers.push(t);
+                }
+            }
+        }
         for id in std::mem::take(&mut self.touched) {
             if let Some(t) = self.transports.get_mut(&id) {
                 t.touched = false;
@@ -783,6 +895,9 @@ impl Router {
         }
         if wants_keyframe {
             self.request_keyframe(pid);
+        }
+        for layer in wanted_layers {
+            self.request_layer_keyframe(pid, layer);
         }
     }
 

@@ -9,7 +9,7 @@ use livekit_protocol as proto;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{DisconnectReason, Participant, Room, SessionMessage, leave_request};
+use super::{DisconnectReason, Participant, Room, SessionMessage, leave_request, quality};
 use crate::auth::{Claims, permission_from_grant};
 use crate::config::{LimitConfig, RoomConfig};
 use crate::guid;
@@ -538,20 +538,26 @@ impl RoomManager {
         Ok(())
     }
 
-    /// `UpdateTrackSettings`: `disabled` pauses forwarding of those tracks to `sid`.
+    /// `UpdateTrackSettings`: `disabled` (or quality OFF) pauses forwarding of those tracks
+    /// to `sid`; quality or width/height choose the simulcast layer.
     pub fn update_track_settings(&self, room: &str, sid: &str, req: &proto::UpdateTrackSettings) {
         let rooms = self.lock();
         let Some(r) = rooms.get(room) else {
             return;
         };
+        let off = req.quality == proto::VideoQuality::Off as i32;
         for track_sid in &req.track_sids {
-            self.worker(r).send(WorkerCommand::PauseConsumer {
+            let max_layer = r
+                .track(track_sid)
+                .map_or(usize::MAX, |(t, _)| quality::max_layer(t, req));
+            self.worker(r).send(WorkerCommand::TrackSettings {
                 key: PeerKey {
                     room: r.info.sid.clone(),
                     participant: sid.to_string(),
                 },
                 track_sid: track_sid.clone(),
-                paused: req.disabled,
+                paused: req.disabled || off,
+                max_layer,
             });
         }
     }
@@ -1162,7 +1168,7 @@ mod tests {
         );
         cmds = rx.try_iter().collect();
         assert!(
-            matches!(&cmds[..], [WorkerCommand::PauseConsumer { paused: true, track_sid, .. }]
+            matches!(&cmds[..], [WorkerCommand::TrackSettings { paused: true, track_sid, .. }]
             if *track_sid == track.sid)
         );
     }

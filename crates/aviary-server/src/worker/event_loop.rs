@@ -66,6 +66,8 @@ struct RoomMedia {
     consumers: HashMap<(String, String), ConsumerId>,
     /// (subscriber sid, track sid) → how many consumers it has had; see `subscribe`.
     generations: HashMap<(String, String), u32>,
+    /// (subscriber sid, track sid) → its last `UpdateTrackSettings`: (paused, max layer).
+    settings: HashMap<(String, String), (bool, usize)>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
     /// What was last added to the metrics from this room's router.
@@ -517,18 +519,22 @@ impl Worker {
                     }
                 });
             }
-            WorkerCommand::PauseConsumer {
+            WorkerCommand::TrackSettings {
                 key,
                 track_sid,
                 paused,
+                max_layer,
             } => {
                 let Some(&idx) = self.room_idx.get(&key.room) else {
                     return;
                 };
                 self.with_room(idx, |room| {
-                    if let Some(c) = room.consumers.get(&(key.participant.clone(), track_sid)) {
-                        let _ = room.router.pause_consumer(*c, paused);
+                    let slot = (key.participant.clone(), track_sid);
+                    if let Some(&c) = room.consumers.get(&slot) {
+                        let _ = room.router.pause_consumer(c, paused);
+                        let _ = room.router.set_preferred_layer(c, max_layer);
                     }
+                    room.settings.insert(slot, (paused, max_layer));
                 });
             }
             WorkerCommand::SendData {
@@ -626,6 +632,7 @@ impl Worker {
                 producer_tracks: HashMap::new(),
                 consumers: HashMap::new(),
                 generations: HashMap::new(),
+                settings: HashMap::new(),
                 dropped_lossy: 0,
                 reported: RouterStats::default(),
                 reported_dropped_lossy: 0,
@@ -694,12 +701,16 @@ impl Worker {
                 1 => track_sid.clone(),
                 n => format!("{track_sid}-{n}"),
             };
-            let options = ConsumerOptions::new(
+            let mut options = ConsumerOptions::new(
                 producer,
                 transport,
                 format!("{publisher}|{track_sid}"),
                 msid_track,
             );
+            if let Some(&(paused, max_layer)) = room.settings.get(&slot) {
+                options.paused = paused;
+                options.preferred_layer = max_layer;
+            }
             match room.router.consume(options) {
                 Ok(c) => {
                     room.consumers.insert(slot, c);
@@ -796,6 +807,7 @@ impl Worker {
         room.consumers.retain(|(sub, _), _| *sub != key.participant);
         room.generations
             .retain(|(sub, _), _| *sub != key.participant);
+        room.settings.retain(|(sub, _), _| *sub != key.participant);
         for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
             if let Some(entry) = room.transports.remove(&tid) {
                 self.demux.forget(idx, tid, &entry.ufrag);

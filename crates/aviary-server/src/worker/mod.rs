@@ -64,14 +64,17 @@ pub enum WorkerCommand {
         /// Which track.
         track_sid: String,
     },
-    /// Pause or resume forwarding a track to this peer.
-    PauseConsumer {
+    /// A subscriber's settings for one track (`UpdateTrackSettings`), kept for later
+    /// subscriptions to it too.
+    TrackSettings {
         /// The subscriber.
         key: PeerKey,
         /// Which track.
         track_sid: String,
-        /// Paused or not.
+        /// Forwarding paused.
         paused: bool,
+        /// The highest simulcast layer wanted (0 is the lowest; `usize::MAX` the highest).
+        max_layer: usize,
     },
     /// Sends an encoded `DataPacket` to participants of a room.
     SendData {

@@ -11,10 +11,10 @@ use aviary_sfu::{
     Event, Output, Protocol, Receive, Router, RouterConfig, TransportDirection, TransportId,
     TransportOptions,
 };
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
-use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Rtc};
 
 /// One-way latency of every simulated link.
@@ -65,6 +65,16 @@ impl Client {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Keyframe requests this client received (as a publisher) for simulcast layer `rid`.
+    pub fn keyframe_requests_for(&self, rid: &str) -> usize {
+        self.events
+            .iter()
+            .filter(
+                |e| matches!(e, str0m::Event::KeyframeRequest(r) if r.rid.as_deref() == Some(rid)),
+            )
+            .count()
     }
 
     /// Keyframe requests this client received (as a publisher).
@@ -181,6 +191,12 @@ impl Sim {
             })
             .collect();
         let (offer, pending) = api.apply().expect("an offer");
+        self.publish_offer(idx, offer, pending);
+        (idx, mids)
+    }
+
+    /// The router answers a publisher's offer, and the client connects.
+    fn publish_offer(&mut self, idx: usize, offer: SdpOffer, pending: SdpPendingOffer) {
         let answer = self
             .router
             .accept_offer(self.clients[idx].transport, &offer.to_sdp_string())
@@ -193,8 +209,26 @@ impl Sim {
             .unwrap();
         self.drain_router();
         self.run_until(Duration::from_secs(5), |s| s.clients[idx].connected());
+        let name = &self.clients[idx].name;
         assert!(self.clients[idx].connected(), "{name} did not connect");
-        (idx, mids)
+    }
+
+    /// A publisher client sending one video m-line with simulcast layers `rids`.
+    pub fn join_simulcast_publisher(&mut self, name: &str, rids: &[&str]) -> (usize, Mid) {
+        let idx = self.new_client(name, TransportDirection::Publisher);
+        let mut simulcast = Simulcast::new();
+        simulcast.send = rids.iter().map(|r| SimulcastLayer::new(r)).collect();
+        let mut api = self.clients[idx].rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some(format!("{name}-stream")),
+            Some(format!("{name}-track0")),
+            Some(simulcast),
+        );
+        let (offer, pending) = api.apply().expect("an offer");
+        self.publish_offer(idx, offer, pending);
+        (idx, mid)
     }
 
     /// Answers every `OfferReady` the router produced for our clients.
@@ -225,6 +259,19 @@ impl Sim {
 
     /// Writes one RTP packet from a publisher client on `mid`.
     pub fn send_rtp(&mut self, idx: usize, mid: Mid, seq: u64, ts: u32, payload: &[u8]) {
+        self.send_rtp_layer(idx, mid, None, seq, ts, payload);
+    }
+
+    /// Writes one RTP packet from a publisher client on `mid`, simulcast layer `rid`.
+    pub fn send_rtp_layer(
+        &mut self,
+        idx: usize,
+        mid: Mid,
+        rid: Option<&str>,
+        seq: u64,
+        ts: u32,
+        payload: &[u8],
+    ) {
         let now = self.now;
         let c = &mut self.clients[idx];
         let kind = c.rtc.media(mid).unwrap().kind();
@@ -240,11 +287,18 @@ impl Sim {
             .unwrap()
             .pt();
         let mut api = c.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(mid, None).expect("send stream");
+        let tx = api
+            .stream_tx_by_mid(mid, rid.map(Rid::from))
+            .expect("send stream");
         tx.write_rtp(
             RtpWrite::new(pt, seq.into(), ts, now, payload.to_vec())
                 .marker(true)
-                .nackable(true),
+                .nackable(true)
+                // As libwebrtc does, every packet names its layer.
+                .ext_vals(ExtensionValues {
+                    rid: rid.map(Rid::from),
+                    ..Default::default()
+                }),
         );
         self.drain_client(idx);
     }
