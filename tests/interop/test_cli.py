@@ -72,3 +72,38 @@ async def test_room_commands_act_on_the_server(server: Server) -> None:
             )
         rooms = (await lk.room.list_rooms(api.ListRoomsRequest(names=[name]))).rooms
         assert rooms == []
+
+
+def run_cli(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    return subprocess.run(
+        [str(server_binary()), *argv], capture_output=True, text=True, timeout=CLI_TIMEOUT,
+        env={**base, **env},
+    )
+
+
+async def test_connection_settings_come_from_the_environment_or_follow_the_subcommand(
+    server: Server,
+) -> None:
+    name = unique("cli-env")
+    env = {
+        "LIVEKIT_URL": server.ws_url,
+        "LIVEKIT_API_KEY": server.api_key,
+        "LIVEKIT_API_SECRET": server.api_secret,
+    }
+    out = run_cli(["room", "create", name, "--json"], env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["name"] == name
+    # A token made from the environment's key verifies with it.
+    out = run_cli(["token", "create", "--identity", "env", "--room", name], env)
+    assert out.returncode == 0, out.stderr
+    assert api.TokenVerifier(server.api_key, server.api_secret).verify(out.stdout.strip()).identity == "env"
+    # Flags after the subcommand, as `lk` takes them, win over the environment.
+    wrong = {**env, "LIVEKIT_API_SECRET": "not-the-secret"}
+    refused = run_cli(["room", "list", "--json"], wrong)
+    assert refused.returncode != 0, "a wrong secret from the environment is used and refused"
+    out = run_cli(["room", "list", "--json", "--api-secret", server.api_secret], wrong)
+    assert out.returncode == 0, out.stderr
+    assert name in [r["name"] for r in json.loads(out.stdout)]

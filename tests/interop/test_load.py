@@ -31,3 +31,32 @@ def test_short_load_test_reports_zero_loss(server: Server) -> None:
     assert 0 < r["delay_ms_p50"] <= r["delay_ms_p99"] < 100
     assert 0 < r["join_ms_p50"] <= r["join_ms_p99"] < 5000
     assert 300_000 < r["bitrate_per_subscriber_bps"] < 700_000
+
+
+def test_load_test_shows_progress_and_a_table(server: Server) -> None:
+    argv = [
+        str(server_binary()), "load-test",
+        "--url", server.ws_url, "--api-key", server.api_key, "--api-secret", server.api_secret,
+        "--room", unique("load-table"),
+        "--video-publishers", "1", "--subscribers", "3", "--duration", "2s",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # A progress bar while it runs (on stderr), full by the end.
+    assert "[" + "#" * 24 + "]" in out.stderr, out.stderr[-500:]
+    assert "phase: measuring" in out.stderr
+    # Then a readable table: the subscribers connected, zero loss, one video track whose
+    # packets all reached the three subscribers.
+    rows = dict(
+        (line[:23].strip(), line[23:].strip())
+        for line in out.stdout.splitlines()
+        if len(line) > 23 and not line.startswith("TRACK")
+    )
+    assert rows.get("subscribers connected") == "3", out.stdout
+    assert rows.get("loss") == "0.000 %", out.stdout
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("TRACK"))
+    tracks = [line.split() for line in lines[header + 1 :] if line.strip()]
+    assert len(tracks) == 1 and tracks[0][1] == "video", out.stdout
+    sent, received = int(tracks[0][3]), int(tracks[0][4])
+    assert sent > 0 and received == 3 * sent, out.stdout

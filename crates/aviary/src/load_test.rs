@@ -168,10 +168,12 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     let watcher = {
         let progress = progress.clone();
         let subscribers = args.subscribers;
+        let duration = args.duration;
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let mut shown = usize::MAX;
             let mut ticks = 0u64;
+            let mut joined_at = None;
             loop {
                 tick.tick().await;
                 ticks += 1;
@@ -182,13 +184,22 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
                     shown = index;
                     eprintln!("\nphase: {phase}");
                 }
-                if !show || !ticks.is_multiple_of(10) {
+                if index > 0 && joined_at.is_none() {
+                    joined_at = Some(Instant::now());
+                }
+                if !show || !ticks.is_multiple_of(5) {
                     continue;
                 }
+                let connected = progress.subscribers_connected.load(Ordering::Relaxed);
+                // Joining fills the bar by subscribers connected, then by the test's time.
+                let done = match joined_at {
+                    None => connected as f64 / subscribers.max(1) as f64,
+                    Some(at) => at.elapsed().as_secs_f64() / duration.as_secs_f64().max(0.001),
+                };
                 eprint!(
-                    "\r[{:>4}s] {phase:<9} subscribers {}/{subscribers}  received {} packets  ",
+                    "\r[{}] {:>4}s {phase:<9} subscribers {connected}/{subscribers}  received {} packets  ",
+                    progress_bar(done, 24),
                     started.elapsed().as_secs(),
-                    progress.subscribers_connected.load(Ordering::Relaxed),
                     progress.packets_received.load(Ordering::Relaxed),
                 );
                 let _ = std::io::stderr().flush();
@@ -209,9 +220,23 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A text progress bar `width` cells wide for a fraction done (clamped to 0..=1).
+fn progress_bar(done: f64, width: usize) -> String {
+    let filled = ((done.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("{}{}", "#".repeat(filled), "-".repeat(width - filled))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bars() {
+        assert_eq!(progress_bar(0.0, 4), "----");
+        assert_eq!(progress_bar(0.5, 4), "##--");
+        assert_eq!(progress_bar(7.0, 4), "####");
+        assert_eq!(progress_bar(f64::NAN, 4).len(), 4);
+    }
 
     #[test]
     fn bitrates() {

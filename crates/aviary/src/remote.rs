@@ -3,18 +3,25 @@
 
 use clap::Args;
 
-/// Connection flags shared by the client commands.
+/// Connection flags shared by the client commands. Global, so that they may follow a
+/// subcommand (`aviary room list --url ...`) as with `lk`.
 #[derive(Args, Clone, Debug)]
 pub struct Remote {
     /// Server URL (ws:// or http://).
-    #[arg(long, env = "LIVEKIT_URL", default_value = "http://127.0.0.1:7880")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIVEKIT_URL",
+        default_value = "http://127.0.0.1:7880"
+    )]
     pub url: String,
     /// API key.
-    #[arg(long, env = "LIVEKIT_API_KEY", default_value = "devkey")]
+    #[arg(long, global = true, env = "LIVEKIT_API_KEY", default_value = "devkey")]
     pub api_key: String,
     /// API secret.
     #[arg(
         long,
+        global = true,
         env = "LIVEKIT_API_SECRET",
         default_value = "secret",
         hide_env_values = true
