@@ -23,6 +23,7 @@ Without the `janus` binary (Debian package `janus`) only Aviary is measured.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -66,10 +67,13 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
         )
         marks: dict[str, tuple[float, int, float]] = {}
+        # The load tester's last words, for the error message if it fails.
+        tail: collections.deque[str] = collections.deque(maxlen=20)
 
         def watch() -> None:
             assert load.stderr is not None
             for line in load.stderr:
+                tail.append(line.rstrip())
                 if line.startswith("phase: "):
                     phase = line.split()[1] if len(line.split()) > 1 else ""
                     key = {"measuring": "start", "draining": "end"}.get(phase)
@@ -86,6 +90,10 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
         out = load.stdout.read()
         load.wait(timeout=duration + 600)
         t.join(timeout=5)
+        if load.returncode != 0:
+            raise RuntimeError(
+                f"{server.name}: the load tester failed ({load.returncode}):\n" + "\n".join(tail)
+            )
         report = json.loads(out)
         if "start" not in marks or "end" not in marks:
             raise RuntimeError(f"{server.name}: the load tester never reached the measured window")

@@ -47,6 +47,14 @@ class Server:
     name = ""
     proc: subprocess.Popen
 
+    def ready(self) -> None:
+        """Waits for the server's TCP port; a server that never opens it is stopped."""
+        try:
+            wait_tcp(self.port)
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
         self.proc.terminate()
@@ -70,7 +78,7 @@ class Aviary(Server):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": "warn"}, preexec_fn=raise_nofile,
         )
-        wait_tcp(self.port)
+        self.ready()
 
     def load_args(self) -> list[str]:
         return ["--url", f"ws://127.0.0.1:{self.port}"]
@@ -125,7 +133,7 @@ admin: {{
             ["janus", "-F", self.dir, "-C", os.path.join(self.dir, "janus.jcfg")],
             stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=raise_nofile,
         )
-        wait_tcp(self.port)
+        self.ready()
 
     def write(self, name: str, text: str) -> None:
         with open(os.path.join(self.dir, name), "w") as f:

@@ -42,3 +42,23 @@ def test_load_test_drives_janus_videoroom(tmp_path: Path) -> None:
     assert track["packets_received"] == 4 * track["packets_sent"], track
     assert r["loss_percent"] == 0
     assert 0 < r["first_media_ms_p50"] < 5000
+
+
+def test_benchmark_script_runs_end_to_end() -> None:
+    """bench/load.py, tiny: both servers measured, a row each, and the ratio column filled."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "load.py"), "--binary", str(server_binary()),
+         "--subscribers", "2", "--duration", "2"],
+        capture_output=True, text=True, timeout=180,
+        # Already inside the test network namespace: no second one.
+        env={**os.environ, "AVIARY_BENCH_NETNS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| 2 |")]
+    assert [r[1].strip() for r in rows] == ["aviary", "janus"], out.stdout
+    for r in rows:
+        assert r[2].strip() == "2", f"both subscribers connected: {r}"
+        assert float(r[3]) > 0, f"CPU per forwarded packet measured: {r}"
+        assert float(r[9]) == 0, f"no loss: {r}"
+    assert float(rows[1][4]) > 0, "the Janus ÷ Aviary ratio"
