@@ -3,19 +3,39 @@ participants, tracks, packets in and out, forwarded RTP, and the forwarding dela
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
 
-from harness import Clients, Server, free_port, http_request, unique, wait_until
+from livekit import rtc
+
+from harness import (
+    Clients,
+    Server,
+    SolidVideoSender,
+    free_port,
+    http_request,
+    publish_track,
+    unique,
+    wait_until,
+)
 from test_media import publish_tone, wait_track_subscribed
 
 
-def scrape(port: int) -> dict[str, float]:
+# One media worker per core the server may run on (it runs on this machine).
+WORKERS = len(os.sched_getaffinity(0))
+
+
+def scrape_text(port: int) -> str:
     answer = http_request(f"http://127.0.0.2:{port}/metrics")
     assert answer.status == 200, answer
+    return answer.body.decode()
+
+
+def scrape(port: int) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for line in answer.body.decode().splitlines():
+    for line in scrape_text(port).splitlines():
         m = re.match(r"^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
         if m:
             totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(3))
@@ -60,5 +80,56 @@ async def test_metrics_count_rooms_tracks_and_packets(tmp_path: Path) -> None:
         await wait_until(
             lambda: scrape(port)["aviary_participants"] == 0, what="participants to drop to 0"
         )
+    finally:
+        server.stop()
+
+
+async def test_metrics_port_from_config_counts_keyframe_requests_drops_and_workers(
+    tmp_path: Path,
+) -> None:
+    """`prometheus.port` in the config file; a video subscriber makes the server ask the
+    publisher for keyframes; datagrams nobody owns are counted as dropped; per-worker series
+    carry a `worker` label and the delay histogram has buckets."""
+    port = free_port(socket.SOCK_STREAM)
+    server = Server(
+        tmp_path / "metrics-config.log", ["--config-body", f"prometheus:\n  port: {port}\n"]
+    ).start()
+    try:
+        before = scrape(port)
+        # Garbage from an address no transport knows, on both workers' ports.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for worker in range(WORKERS):
+                for _ in range(5):
+                    s.sendto(b"\x00not stun or rtp", ("127.0.0.2", server.udp_port + worker))
+        await wait_until(
+            lambda: scrape(port).get("aviary_dropped_packets_total", 0)
+            >= before.get("aviary_dropped_packets_total", 0) + 5,
+            timeout=10,
+            what="stray datagrams counted as dropped",
+        )
+        room = unique("metrics-video")
+        async with Clients(server) as clients:
+            alice = await clients.join(room, "alice")
+            bob = await clients.join(room, "bob")
+            sender = SolidVideoSender(320, 240, (10, 200, 10, 255), name="cam").start()
+            try:
+                options = rtc.TrackPublishOptions(
+                    source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False
+                )
+                publication = await publish_track(alice, sender.track, options)
+                await wait_track_subscribed(bob, publication.sid)
+                await wait_until(
+                    lambda: scrape(port).get("aviary_plis_sent_total", 0) >= 1,
+                    timeout=15,
+                    what="a keyframe request to the publisher in /metrics",
+                )
+                text = scrape_text(port)
+                workers = set(re.findall(r'^aviary_packets_in_total\{worker="(\d+)"\}', text, re.M))
+                assert workers == {str(w) for w in range(WORKERS)}, f"per-worker series: {sorted(workers)}"
+                buckets = re.findall(r'^aviary_forwarding_delay_seconds_bucket\{[^}]*le="([^"]+)"', text, re.M)
+                assert len(set(buckets)) >= 5 and "+Inf" in buckets, buckets
+                assert scrape(port)["aviary_subscribed_tracks"] >= 1
+            finally:
+                await sender.stop()
     finally:
         server.stop()
