@@ -773,3 +773,54 @@ async def test_update_subscriptions_true_resumes_forwarding(server: Server) -> N
                 await p.close()
             if sender is not None:
                 await sender.stop()
+
+
+async def test_revoked_permissions_end_publishing_and_subscribing(server: Server) -> None:
+    """UpdateParticipant taking canPublish away unpublishes the tracks already published
+    (bob sees them go); taking canSubscribe away stops what reaches the subscriber."""
+    room = unique("revoke")
+    probes: list[AudioProbe] = []
+    async with Clients(server) as clients, server.api() as lk:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        carol = await clients.join(room, "carol")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+        sender, publication = await publish_tone(alice)
+        try:
+            sub = await wait_track_subscribed(carol, publication.sid)
+            probes.append(AudioProbe(sub.args[0], "carol"))
+            await probes[0].wait_for_tone(TONE_HZ, min_seconds=0.5, what="alice's tone at carol")
+            await wait_track_subscribed(bob, publication.sid)
+
+            # carol may no longer subscribe: the tone stops reaching her, alice still publishes.
+            await lk.room.update_participant(
+                api.UpdateParticipantRequest(
+                    room=room, identity="carol",
+                    permission=api.ParticipantPermission(can_subscribe=False, can_publish=True),
+                )
+            )
+            off_at = asyncio.get_running_loop().time()
+            await probes[0].wait_for_silence(since=off_at, what="carol's audio to stop")
+            assert remote_publication(bob, "alice", publication.sid) is not None
+
+            # alice may no longer publish: her track ends for everyone.
+            await lk.room.update_participant(
+                api.UpdateParticipantRequest(
+                    room=room, identity="alice",
+                    permission=api.ParticipantPermission(can_subscribe=True, can_publish=False),
+                )
+            )
+            await wait_until(
+                lambda: remote_publication(bob, "alice", publication.sid) is None,
+                timeout=EVENT_TIMEOUT,
+                what="alice's track to be unpublished for bob",
+            )
+            info = await lk.room.get_participant(
+                api.RoomParticipantIdentity(room=room, identity="alice")
+            )
+            assert not info.tracks, f"alice still lists {[t.sid for t in info.tracks]}"
+        finally:
+            for p in probes:
+                await p.close()
+            await sender.stop()
+

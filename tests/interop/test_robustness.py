@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import struct
+import time
 
 import aiohttp
 from google.protobuf import json_format
@@ -120,3 +121,48 @@ async def test_hostile_signaling_frames(server: Server) -> None:
             await asyncio.wait_for(pong(), 10)
     assert server.alive()
     await _still_serves(server, unique("after-hostile"))
+
+
+async def _signal(ws: aiohttp.ClientWebSocketResponse, want: str) -> sig.SignalResponse:
+    """The next SignalResponse carrying `want` (others are skipped)."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+        resp = sig.SignalResponse.FromString(msg.data)
+        if resp.WhichOneof("message") == want:
+            return resp
+
+
+async def test_refused_publishes_and_pings_are_answered(server: Server) -> None:
+    """An AddTrackRequest the server refuses gets a RequestResponse naming why (so an SDK
+    fails the publish at once); `ping_req` gets a `pong_resp` with the server's clock."""
+    from livekit import api
+
+    room = unique("refusals")
+    viewer = (
+        api.AccessToken(server.api_key, server.api_secret)
+        .with_identity("viewer")
+        .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=False))
+        .to_jwt()
+    )
+    cases = [
+        (viewer, sig.AddTrackRequest(cid="mic", type=0, name="mic"), "NOT_ALLOWED"),
+        (server.token("pub", room), sig.AddTrackRequest(cid="odd", type=7), "UNSUPPORTED_TYPE"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for token, add, reason in cases:
+            url = f"{server.ws_url}/rtc?access_token={token}&protocol=16"
+            async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
+                await _signal(ws, "join")
+                await ws.send_bytes(sig.SignalRequest(add_track=add).SerializeToString())
+                resp = (await _signal(ws, "request_response")).request_response
+                assert sig.RequestResponse.Reason.Name(resp.reason) == reason, resp
+                assert resp.add_track.cid == add.cid and resp.message, resp
+
+                sent_at = 1_700_000_000_000
+                await ws.send_bytes(
+                    sig.SignalRequest(ping_req=sig.Ping(timestamp=sent_at, rtt=5)).SerializeToString()
+                )
+                pong = (await _signal(ws, "pong_resp")).pong_resp
+                assert pong.last_ping_timestamp == sent_at
+                assert abs(pong.timestamp - time.time() * 1000) < 60_000, pong

@@ -372,6 +372,17 @@ impl Router {
         Ok(id)
     }
 
+    /// Closes a producer from the server side (its publisher lost the right to publish):
+    /// its consumers close and [`Event::ProducerClosed`] follows. The publisher's m-line
+    /// stays until it renegotiates; what it still sends is dropped.
+    pub fn close_producer(&mut self, id: ProducerId) -> Result<(), ConsumeError> {
+        if !self.producers.contains_key(&id) {
+            return Err(ConsumeError::ProducerNotFound(id));
+        }
+        self.remove_producer(id);
+        Ok(())
+    }
+
     /// Stops forwarding and removes the consumer; its m-line is stopped at the next offer.
     pub fn close_consumer(&mut self, id: ConsumerId) -> Result<(), ConsumeError> {
         if !self.consumers.contains_key(&id) {

@@ -73,7 +73,9 @@ impl From<ServiceError> for TwirpError {
             ServiceError::RoomNotFound(_)
             | ServiceError::ParticipantNotFound(_)
             | ServiceError::TrackNotFound(_) => TwirpError::NotFound(e.to_string()),
-            ServiceError::InvalidArgument(m) => TwirpError::InvalidArgument(m),
+            ServiceError::InvalidArgument(m) | ServiceError::Unsupported(m) => {
+                TwirpError::InvalidArgument(m)
+            }
             ServiceError::PermissionDenied(m) => TwirpError::PermissionDenied(m),
         }
     }

@@ -91,6 +91,9 @@ pub enum ServiceError {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A kind of thing this server does not handle.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// All rooms of this node.
@@ -343,6 +346,16 @@ impl RoomManager {
         if !perm.can_publish {
             return Err(ServiceError::PermissionDenied("no canPublish grant".into()));
         }
+        let media_types = [
+            proto::TrackType::Audio as i32,
+            proto::TrackType::Video as i32,
+        ];
+        if !media_types.contains(&req.r#type) {
+            return Err(ServiceError::Unsupported(format!(
+                "track type {} is not audio or video",
+                req.r#type
+            )));
+        }
         if !perm.can_publish_sources.is_empty() && !perm.can_publish_sources.contains(&req.source) {
             return Err(ServiceError::PermissionDenied(
                 "source not allowed by canPublishSources".into(),
@@ -517,10 +530,16 @@ impl RoomManager {
             room: r.info.sid.clone(),
             participant: sid.to_string(),
         };
+        // Each track on its own, as upstream: an unknown sid does not undo the others.
+        let mut missing = None;
         for track_sid in requested {
-            let (_, publisher) = r
-                .track(track_sid)
-                .ok_or_else(|| ServiceError::TrackNotFound(track_sid.clone()))?;
+            let Some((_, publisher)) = r.track(track_sid) else {
+                missing.get_or_insert_with(|| track_sid.clone());
+                continue;
+            };
+            if publisher == sid {
+                continue;
+            }
             let cmd = if subscribe {
                 WorkerCommand::Subscribe {
                     key: key.clone(),
@@ -535,7 +554,10 @@ impl RoomManager {
             };
             self.worker(r).send(cmd);
         }
-        Ok(())
+        match missing {
+            Some(track_sid) => Err(ServiceError::TrackNotFound(track_sid)),
+            None => Ok(()),
+        }
     }
 
     /// `UpdateTrackSettings`: `disabled` (or quality OFF) pauses forwarding of those tracks
@@ -758,18 +780,49 @@ impl RoomManager {
             })
             .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
             if let Some(perm) = &req.permission {
-                self.worker(r).send(WorkerCommand::SetDataPermission {
-                    key: PeerKey {
-                        room: r.info.sid.clone(),
-                        participant: sid,
-                    },
-                    can_publish_data: perm.can_publish_data,
-                });
+                self.apply_permission(r, &sid, perm);
             }
             r.by_identity(&req.identity)
                 .map(|p| p.info.clone())
                 .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))
         })
+    }
+
+    /// A participant's permission changed: what it may no longer do stops now, as upstream
+    /// does — tracks it may not publish end, subscriptions it may not have end, and its data
+    /// packets are relayed or not.
+    fn apply_permission(&self, r: &Room, sid: &str, perm: &proto::ParticipantPermission) {
+        let worker = self.worker(r);
+        let key = PeerKey {
+            room: r.info.sid.clone(),
+            participant: sid.to_string(),
+        };
+        if let Some(p) = r.by_sid(sid) {
+            let allowed = |source: i32| {
+                perm.can_publish
+                    && (perm.can_publish_sources.is_empty()
+                        || perm.can_publish_sources.contains(&source))
+            };
+            for t in p.info.tracks.iter().filter(|t| !allowed(t.source)) {
+                worker.send(WorkerCommand::CloseTrack {
+                    room: r.info.sid.clone(),
+                    track_sid: t.sid.clone(),
+                });
+            }
+        }
+        if !perm.can_subscribe {
+            let others = r.participants().iter().filter(|o| o.info.sid != sid);
+            for t in others.flat_map(|o| o.info.tracks.iter()) {
+                worker.send(WorkerCommand::Unsubscribe {
+                    key: key.clone(),
+                    track_sid: t.sid.clone(),
+                });
+            }
+        }
+        worker.send(WorkerCommand::SetDataPermission {
+            key,
+            can_publish_data: perm.can_publish_data,
+        });
     }
 
     /// RoomService.UpdateRoomMetadata.

@@ -274,7 +274,24 @@ impl Session {
                             track: Some(track),
                         },
                     ))),
-                    Err(e) => warn!(cid = req.cid, "track refused: {e}"),
+                    Err(e) => {
+                        // Told, as upstream does, so that the SDK fails the publish at once
+                        // instead of waiting for its timeout.
+                        warn!(cid = req.cid, "track refused: {e}");
+                        use proto::request_response::{Reason, Request};
+                        let reason = match e {
+                            ServiceError::PermissionDenied(_) => Reason::NotAllowed,
+                            ServiceError::InvalidArgument(_) => Reason::LimitExceeded,
+                            ServiceError::Unsupported(_) => Reason::UnsupportedType,
+                            _ => Reason::NotFound,
+                        };
+                        replies.push(response(Resp::RequestResponse(proto::RequestResponse {
+                            request_id: 0,
+                            reason: reason as i32,
+                            message: e.to_string(),
+                            request: Some(Request::AddTrack(req)),
+                        })));
+                    }
                 }
             }
             Req::Mute(m) => self.ctx.manager.set_track_muted(

@@ -556,6 +556,16 @@ impl Worker {
                     deliver(room, &targets, kind, &packet);
                 });
             }
+            WorkerCommand::CloseTrack { room, track_sid } => {
+                let Some(&idx) = self.room_idx.get(&room) else {
+                    return;
+                };
+                self.with_room(idx, |room| {
+                    if let Some(&(producer, _)) = room.tracks.get(&track_sid) {
+                        let _ = room.router.close_producer(producer);
+                    }
+                });
+            }
             WorkerCommand::SetDataPermission {
                 key,
                 can_publish_data,

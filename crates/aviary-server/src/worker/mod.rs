@@ -87,6 +87,13 @@ pub enum WorkerCommand {
         /// Participant sids; empty means everyone.
         to: Vec<String>,
     },
+    /// Ends a published track from the server side (its publisher lost the permission).
+    CloseTrack {
+        /// Room sid.
+        room: String,
+        /// Which track.
+        track_sid: String,
+    },
     /// Changes whether a peer's data packets are relayed.
     SetDataPermission {
         /// Who.
