@@ -111,6 +111,9 @@ class Server:
         self.proc: Optional[subprocess.Popen] = None
         self.api_key = API_KEY
         self.api_secret = API_SECRET
+        # Without --dev the keys must come from the config, flags or environment.
+        self.dev = True
+        self.env: dict[str, str] = {}
 
     # -- addresses
     @property
@@ -129,7 +132,7 @@ class Server:
         return [
             str(self.binary),
             "serve",
-            "--dev",
+            *(["--dev"] if self.dev else []),
             "--bind",
             "0.0.0.0",
             "--node-ip",
@@ -153,6 +156,7 @@ class Server:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"$ {' '.join(self.argv())}\n".encode())

@@ -90,6 +90,10 @@ pub fn permission_from_grant(g: &VideoGrants) -> proto::ParticipantPermission {
             .collect(),
         hidden: g.hidden,
         can_update_metadata: g.can_update_own_metadata.unwrap_or(false),
+        #[allow(deprecated)]
+        recorder: g.recorder,
+        #[allow(deprecated)]
+        agent: g.agent,
         ..Default::default()
     }
 }

@@ -171,8 +171,8 @@ impl Default for LoggingConfig {
     }
 }
 
-/// `limit:` section (0 = unlimited).
-#[derive(Clone, Debug, Deserialize, Default)]
+/// `limit:` section (0 = unlimited). The defaults are upstream's.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct LimitConfig {
     /// Tracks one participant may publish.
@@ -193,6 +193,22 @@ pub struct LimitConfig {
     pub max_participant_identity_length: u32,
     /// Longest participant name.
     pub max_participant_name_length: u32,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            num_tracks: 0,
+            bytes_per_sec: 0.0,
+            subscription_limit_video: 0,
+            subscription_limit_audio: 0,
+            max_metadata_size: 64_000,
+            max_attributes_size: 64_000,
+            max_room_name_length: 256,
+            max_participant_identity_length: 256,
+            max_participant_name_length: 256,
+        }
+    }
 }
 
 /// `redis:` section.
@@ -336,9 +352,10 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// Loads the file (or body), then applies the flag overrides and dev-mode defaults, and
 /// checks what must hold before the server starts.
 pub fn load(o: &Overrides) -> Result<Loaded, ConfigError> {
-    let mut loaded = match (&o.config_file, &o.config_body) {
-        (Some(path), _) => parse_yaml(&read(path)?, &path.display().to_string())?,
-        (None, Some(body)) => parse_yaml(body, "--config-body")?,
+    // As upstream: a body (`--config-body` or `LIVEKIT_CONFIG`) wins over a file.
+    let mut loaded = match (&o.config_body, &o.config_file) {
+        (Some(body), _) => parse_yaml(body, "--config-body")?,
+        (None, Some(path)) => parse_yaml(&read(path)?, &path.display().to_string())?,
         (None, None) => parse_yaml("", "")?,
     };
     let c = &mut loaded.config;
@@ -390,6 +407,34 @@ pub fn load(o: &Overrides) -> Result<Loaded, ConfigError> {
     }
     if c.keys.is_empty() {
         return Err(ConfigError::NoKeys);
+    }
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        origin: key.to_string(),
+        message,
+    };
+    for addr in &c.bind_addresses {
+        if addr.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "bind_addresses",
+                format!("{addr:?} is not an IP address"),
+            ));
+        }
+    }
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "warning", "error"];
+    if !LEVELS.contains(&c.logging.level.to_ascii_lowercase().as_str()) {
+        return Err(invalid(
+            "logging.level",
+            format!("{:?} is not one of {}", c.logging.level, LEVELS.join(", ")),
+        ));
+    }
+    if c.rtc.port_range_end != 0 && c.rtc.port_range_end < c.rtc.port_range_start {
+        return Err(invalid(
+            "rtc",
+            format!(
+                "port_range_end {} is below port_range_start {}",
+                c.rtc.port_range_end, c.rtc.port_range_start
+            ),
+        ));
     }
     if let Some((k, _)) = c.keys.iter().find(|(_, v)| v.is_empty()) {
         return Err(ConfigError::EmptySecret(k.clone()));

@@ -50,6 +50,11 @@ pub struct ServeArgs {
 }
 
 fn init_logging(level: &str, json: bool) {
+    // The config accepts upstream's names (checked in `config::load`).
+    let level = match level.to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        other => other.to_string(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // Our crates at the configured level; str0m's per-packet chatter one level quieter.
         tracing_subscriber::EnvFilter::new(format!(

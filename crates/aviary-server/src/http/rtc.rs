@@ -45,6 +45,7 @@ impl IntoResponse for RefuseError {
             RefuseError::Auth(_) => StatusCode::UNAUTHORIZED,
             RefuseError::Join(JoinError::RoomNotFound) => StatusCode::NOT_FOUND,
             RefuseError::Join(JoinError::RoomFull) => StatusCode::FORBIDDEN,
+            RefuseError::Join(JoinError::TooLong { .. }) => StatusCode::BAD_REQUEST,
             RefuseError::Join(_) => StatusCode::UNAUTHORIZED,
         };
         (status, self.to_string()).into_response()

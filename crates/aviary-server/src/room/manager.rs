@@ -71,6 +71,16 @@ pub enum JoinError {
     /// `max_participants` reached.
     #[error("room is full (max_participants reached)")]
     RoomFull,
+    /// A name longer than `limit.*` allows.
+    #[error("{what} is longer than {max} bytes (limit.{key})")]
+    TooLong {
+        /// What was too long.
+        what: &'static str,
+        /// The limit.
+        max: u32,
+        /// The config key that sets it.
+        key: &'static str,
+    },
 }
 
 /// Why a RoomService call failed.
@@ -181,6 +191,32 @@ impl RoomManager {
         }
         if claims.sub.is_empty() {
             return Err(JoinError::NoIdentity);
+        }
+        let l = &self.limits;
+        let too_long = [
+            (
+                &claims.video.room,
+                l.max_room_name_length,
+                "room name",
+                "max_room_name_length",
+            ),
+            (
+                &claims.sub,
+                l.max_participant_identity_length,
+                "identity",
+                "max_participant_identity_length",
+            ),
+            (
+                &claims.name,
+                l.max_participant_name_length,
+                "participant name",
+                "max_participant_name_length",
+            ),
+        ];
+        for (value, max, what, key) in too_long {
+            if max > 0 && value.len() > max as usize {
+                return Err(JoinError::TooLong { what, max, key });
+            }
         }
         let rooms = self.lock();
         match rooms.get(&claims.video.room) {
