@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 from google.protobuf import json_format
+from livekit.protocol import models
 from livekit.protocol import rtc as sig
 
 from harness import NODE_IP, UDP_PORTS_PER_SERVER, Clients, Server, http_request, unique, wait_until
@@ -166,3 +167,23 @@ async def test_refused_publishes_and_pings_are_answered(server: Server) -> None:
                 pong = (await _signal(ws, "pong_resp")).pong_resp
                 assert pong.last_ping_timestamp == sent_at
                 assert abs(pong.timestamp - time.time() * 1000) < 60_000, pong
+
+
+async def test_a_resume_of_an_unknown_session_asks_for_a_full_reconnect(server: Server) -> None:
+    room = unique("resume")
+    url = (
+        f"{server.ws_url}/rtc?access_token={server.token('ghost', room)}&protocol=16"
+        "&reconnect=1&sid=PA_gone&reconnect_reason=1"
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
+            leave = (await _signal(ws, "leave")).leave
+            assert leave.action == sig.LeaveRequest.Action.RECONNECT, leave
+            assert leave.can_reconnect and leave.reason == models.DisconnectReason.STATE_MISMATCH
+            closing = await asyncio.wait_for(ws.receive(), 10)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closing
+    async with server.api() as lk:
+        from livekit import api
+
+        listed = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+        assert all(r.num_participants == 0 for r in listed.rooms), "the resume joined nobody"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
-from livekit import api
+from livekit import api, rtc
 
 from harness import (
     ROOM_CLOSE_TIMEOUT,
@@ -130,3 +132,40 @@ async def test_max_participants_refuses_the_one_too_many(server: Server) -> None
         await wait_until(lambda: _ids(lk, room, []), what="the server to see alice leave")
         carol = await clients.join(room, "carol")
         assert carol.room.isconnected()
+
+
+async def test_a_client_rejoins_after_the_server_restarts(tmp_path) -> None:
+    """The SDK loses its server and finds a new one with none of the old state on the same
+    address: it joins again by itself (a resume, `reconnect=1`, is answered with a
+    LeaveRequest asking for a full reconnect; see test_robustness for that answer)."""
+    server = Server(tmp_path / "restart.log").start()
+    try:
+        room = unique("restart")
+        async with Clients(server) as clients:
+            ada = await clients.join(room, "ada")
+            first_sid = ada.room.local_participant.sid
+            os.kill(server.pid, signal.SIGKILL)
+            server.proc.wait(timeout=10)
+            server.start()  # the same ports, none of the old state
+
+            async def back() -> bool:
+                async with server.api() as lk:
+                    try:
+                        people = await lk.room.list_participants(
+                            api.ListParticipantsRequest(room=room)
+                        )
+                    except api.TwirpError:
+                        return False  # no such room yet
+                return [p.identity for p in people.participants] == ["ada"]
+
+            await wait_until(
+                back, timeout=45, interval=0.5, what="ada to join the new server by herself"
+            )
+            await wait_until(
+                lambda: ada.room.connection_state == rtc.ConnectionState.CONN_CONNECTED,
+                timeout=15,
+                what="ada's SDK to report the connection back",
+            )
+            assert ada.room.local_participant.sid != first_sid, "a new session, not a resume"
+    finally:
+        server.stop()

@@ -11,11 +11,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use tracing::{debug, warn};
+use livekit_protocol as proto;
+use prost::Message as _;
+use tracing::{debug, info, warn};
 
 use super::{AppState, bearer};
 use crate::auth::{AuthError, Claims};
-use crate::room::{JoinError, JoinRequest};
+use crate::room::{JoinError, JoinRequest, reconnect_request};
 use crate::signal::{Frame, SessionContext, run_session};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -102,6 +104,19 @@ async fn rtc(
     let auto_subscribe = params
         .get("auto_subscribe")
         .is_none_or(|v| !matches!(v.as_str(), "0" | "false"));
+    // A resume (`reconnect=1`): this server ends a session when its WebSocket closes, so
+    // there is nothing to resume; as upstream does for a participant it no longer has, the
+    // client is told to join again, which the SDKs do at once.
+    if params
+        .get("reconnect")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true"))
+    {
+        info!(
+            identity = claims.sub,
+            "resume refused: no such session; the client is to rejoin"
+        );
+        return ws.on_upgrade(refuse_resume);
+    }
     let request = JoinRequest {
         claims,
         client_protocol,
@@ -112,6 +127,16 @@ async fn rtc(
     ws.read_buffer_size(SIGNAL_READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| serve_socket(socket, state, request))
+}
+
+async fn refuse_resume(mut socket: WebSocket) {
+    let leave = proto::SignalResponse {
+        message: Some(proto::signal_response::Message::Leave(reconnect_request())),
+    };
+    let _ = socket
+        .send(Message::Binary(leave.encode_to_vec().into()))
+        .await;
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 /// Initial read buffer of a signaling WebSocket (it grows for larger messages).

@@ -202,6 +202,18 @@ impl Room {
     }
 }
 
+/// A `LeaveRequest` asking the client to join again from scratch (the SDKs' "full
+/// reconnect"): its media connection is gone, or it tried to resume a session this server
+/// no longer has. Both fields are set, for old and new clients.
+pub fn reconnect_request() -> proto::LeaveRequest {
+    proto::LeaveRequest {
+        can_reconnect: true,
+        reason: DisconnectReason::StateMismatch as i32,
+        action: proto::leave_request::Action::Reconnect as i32,
+        regions: None,
+    }
+}
+
 /// A `LeaveRequest` that tells the client to disconnect for `reason`.
 pub fn leave_request(reason: DisconnectReason) -> proto::LeaveRequest {
     proto::LeaveRequest {

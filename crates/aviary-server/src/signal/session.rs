@@ -12,7 +12,9 @@ use livekit_protocol::signal_response::Message as Resp;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::codec::{Frame, decode_request, encode_response};
-use crate::room::{DisconnectReason, Joined, RoomManager, ServiceError, SessionMessage};
+use crate::room::{
+    DisconnectReason, Joined, RoomManager, ServiceError, SessionMessage, reconnect_request,
+};
 use crate::worker::{MediaEvent, PeerKey, WorkerCommand, WorkerHandle};
 
 /// What a session needs from the server.
@@ -44,6 +46,8 @@ struct Session {
     active: bool,
     /// Whether our candidates were trickled, by `SignalTarget`.
     trickled: [bool; 2],
+    /// A media connection failed: the client is to join again.
+    reconnect: bool,
     last_seen: Instant,
     ping_timeout: Duration,
 }
@@ -90,6 +94,7 @@ where
         publisher_offer_ids: VecDeque::new(),
         active: false,
         trickled: [false; 2],
+        reconnect: false,
         last_seen: Instant::now(),
         ping_timeout,
     };
@@ -145,6 +150,19 @@ where
                 let replies = event.map(|e| s.handle_media(e)).unwrap_or_default();
                 if send_all(&mut sink, &replies, s.json).await.is_err() {
                     break End::Client;
+                }
+                if s.reconnect {
+                    // Its media connection is gone: out of the room, and the SDK joins again.
+                    s.ctx.manager.leave(
+                        &s.room_name,
+                        &s.key.participant,
+                        DisconnectReason::StateMismatch,
+                    );
+                    let leave = proto::SignalResponse {
+                        message: Some(Resp::Leave(reconnect_request())),
+                    };
+                    let _ = sink.send(encode_response(&leave, s.json)).await;
+                    break End::Server;
                 }
             }
             _ = ticker.tick() => {
@@ -387,7 +405,11 @@ impl Session {
                 }
             }
             MediaEvent::Closed(direction) => {
-                warn!(?direction, "media connection closed");
+                warn!(
+                    ?direction,
+                    "media connection lost; asking the client to reconnect"
+                );
+                self.reconnect = true;
             }
             MediaEvent::ProducerCreated(media) => {
                 self.ctx
@@ -430,5 +452,100 @@ impl Session {
         self.ctx.worker.send(WorkerCommand::RemovePeer {
             key: self.key.clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Claims, VideoGrants};
+    use crate::config::{LimitConfig, RoomConfig};
+    use crate::room::JoinRequest;
+
+    /// A lost media connection (the worker reports `Closed`) ends the session with a
+    /// `LeaveRequest` asking for a full reconnect, and takes the participant out of the room.
+    #[tokio::test]
+    async fn a_lost_media_connection_asks_the_client_to_rejoin() {
+        let (worker, commands) = WorkerHandle::detached();
+        let manager = Arc::new(RoomManager::new(
+            RoomConfig::default(),
+            LimitConfig::default(),
+            String::new(),
+            vec![worker.clone()],
+        ));
+        let claims = Claims {
+            sub: "ada".into(),
+            video: VideoGrants {
+                room_join: true,
+                room: "r".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let joined = manager
+            .join(
+                JoinRequest {
+                    claims,
+                    client_protocol: 16,
+                    auto_subscribe: true,
+                },
+                Instant::now(),
+            )
+            .expect("join");
+        let ctx = SessionContext {
+            manager: manager.clone(),
+            worker,
+        };
+        // A client that says nothing, and a sink that keeps what the server sends.
+        let frames_in = futures_util::stream::pending::<Frame>();
+        let (tx, mut from_server) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+        let frames_out = Box::pin(futures_util::sink::unfold(tx, |tx, f: Frame| async move {
+            tx.send(f).map_err(|_| ())?;
+            Ok::<_, ()>(tx)
+        }));
+        let session = tokio::spawn(run_session(frames_in, frames_out, joined, ctx));
+
+        // The session told the worker about its peer; the worker now reports its loss.
+        let events = loop {
+            match commands
+                .recv_timeout(Duration::from_secs(5))
+                .expect("AddPeer")
+            {
+                WorkerCommand::AddPeer { events, .. } => break events,
+                _ => continue,
+            }
+        };
+        events
+            .send(MediaEvent::Closed(TransportDirection::Subscriber))
+            .unwrap();
+
+        let mut leave = None;
+        while let Ok(Some(frame)) =
+            tokio::time::timeout(Duration::from_secs(5), from_server.recv()).await
+        {
+            if let Frame::Binary(b) = &frame
+                && let Ok(resp) = <proto::SignalResponse as prost::Message>::decode(b.as_slice())
+                && let Some(Resp::Leave(l)) = resp.message
+            {
+                leave = Some(l);
+            }
+            if frame == Frame::Close {
+                break;
+            }
+        }
+        let leave = leave.expect("a LeaveRequest before the close");
+        assert_eq!(leave.action, proto::leave_request::Action::Reconnect as i32);
+        assert!(leave.can_reconnect);
+        tokio::time::timeout(Duration::from_secs(5), session)
+            .await
+            .expect("the session ends")
+            .unwrap();
+        assert!(
+            manager
+                .list_participants("r")
+                .unwrap_or_default()
+                .is_empty(),
+            "ada left the room"
+        );
     }
 }
