@@ -443,6 +443,33 @@ async def test_reliable_data_arrives_complete_and_in_order(server: Server) -> No
         assert not alice.seen("data_received"), "alice got her own data back"
 
 
+async def test_lossy_data_arrives_marked_lossy(server: Server) -> None:
+    """The `_lossy` channel is relayed on the receivers' `_lossy` channels; on loopback
+    nothing is lost."""
+    room = unique("lossy")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+        sent = [f"lossy {i:03d}".encode() for i in range(50)]
+        for payload in sent:
+            await within(
+                alice.room.local_participant.publish_data(payload, reliable=False, topic="fast"),
+                DATA_TIMEOUT,
+                "alice's lossy publish_data",
+            )
+            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: len(bob.seen("data_received")) >= len(sent),
+            timeout=DATA_TIMEOUT,
+            what="bob to receive the lossy packets",
+        )
+        packets = [e.args[0] for e in bob.seen("data_received")]
+        assert sorted(p.data for p in packets) == sent
+        assert {p.kind for p in packets} == {rtc.DataPacketKind.KIND_LOSSY}
+        assert {p.participant.identity for p in packets if p.participant} == {"alice"}
+
+
 async def test_room_service_send_data_reaches_the_named_participants(server: Server) -> None:
     room = unique("send-data")
     async with Clients(server) as clients, server.api() as lk:

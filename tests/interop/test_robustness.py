@@ -187,3 +187,18 @@ async def test_a_resume_of_an_unknown_session_asks_for_a_full_reconnect(server: 
 
         listed = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
         assert all(r.num_participants == 0 for r in listed.rooms), "the resume joined nobody"
+
+
+async def test_an_oversized_signaling_message_closes_only_that_session(server: Server) -> None:
+    room = unique("oversized")
+    url = f"{server.ws_url}/rtc?access_token={server.token('big', room)}&protocol=16"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
+            await _signal(ws, "join")
+            await ws.send_bytes(b"\x0a" + os.urandom(2 << 20))
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            while msg.type == aiohttp.WSMsgType.BINARY:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+    assert server.alive()
+    await _still_serves(server, unique("after-oversized"))

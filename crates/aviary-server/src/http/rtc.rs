@@ -125,6 +125,10 @@ async fn rtc(
     // Signaling messages are small; tungstenite's 128 KiB default read buffer would be most
     // of an idle participant's memory, and it zeroes that much on each read attempt.
     ws.read_buffer_size(SIGNAL_READ_BUFFER)
+        // Far above any SDP or data a client sends on signaling, far below the 64 MiB that
+        // a hostile client could otherwise make the server buffer.
+        .max_message_size(SIGNAL_MAX_MESSAGE)
+        .max_frame_size(SIGNAL_MAX_MESSAGE)
         .write_buffer_size(0)
         .on_upgrade(move |socket| serve_socket(socket, state, request))
 }
@@ -138,6 +142,9 @@ async fn refuse_resume(mut socket: WebSocket) {
         .await;
     let _ = socket.send(Message::Close(None)).await;
 }
+
+/// Largest signaling message accepted.
+const SIGNAL_MAX_MESSAGE: usize = 1 << 20;
 
 /// Initial read buffer of a signaling WebSocket (it grows for larger messages).
 const SIGNAL_READ_BUFFER: usize = 4096;

@@ -33,6 +33,8 @@ const STATS_FLUSH: Duration = Duration::from_secs(1);
 const DELAY_SAMPLE: u64 = 8;
 /// Datagrams read per turn before timers and commands get their turn.
 const RECV_BATCH: usize = 256;
+/// Signaling commands handled per turn before sockets and timers get theirs.
+const COMMAND_BATCH: usize = 64;
 /// Longest sleep, so that a lost wake-up costs at most this much.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -262,6 +264,7 @@ impl Worker {
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; 2048];
         let mut more_to_read = false;
+        let mut more_commands = false;
         let mut last_flush = Instant::now();
         loop {
             let now = Instant::now();
@@ -275,7 +278,7 @@ impl Worker {
                 .map(|r| r.next_timeout)
                 .min()
                 .unwrap_or(now + MAX_SLEEP);
-            let sleep = if more_to_read {
+            let sleep = if more_to_read || more_commands {
                 Duration::ZERO
             } else {
                 deadline.saturating_duration_since(now).min(MAX_SLEEP)
@@ -287,7 +290,13 @@ impl Worker {
                 return;
             }
             let woke = Instant::now();
-            loop {
+            // A bounded batch, so that a flood of signaling cannot starve media.
+            more_commands = false;
+            for n in 0.. {
+                if n == COMMAND_BATCH {
+                    more_commands = true;
+                    break;
+                }
                 match self.rx.try_recv() {
                     Ok(WorkerCommand::Shutdown) => return,
                     Ok(cmd) => self.handle_command(cmd),
@@ -1009,6 +1018,14 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
         return;
     };
     packet.participant_identity = sender.identity.clone();
+    // The channel it came on says how it travels on (upstream trusts the channel too).
+    #[allow(deprecated)]
+    {
+        packet.kind = match kind {
+            DataKind::Reliable => proto::data_packet::Kind::Reliable,
+            DataKind::Lossy => proto::data_packet::Kind::Lossy,
+        } as i32;
+    }
     let mut identities = std::mem::take(&mut packet.destination_identities);
     let mut sids = Vec::new();
     // The deprecated per-packet fields are still read by older clients, so they are filled.
