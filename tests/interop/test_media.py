@@ -851,3 +851,124 @@ async def test_revoked_permissions_end_publishing_and_subscribing(server: Server
                 await p.close()
             await sender.stop()
 
+
+
+async def test_room_service_send_data_by_destination_sid(server: Server) -> None:
+    room = unique("send-data-sid")
+    async with Clients(server) as clients, server.api() as lk:
+        bob = await clients.join(room, "bob")
+        carol = await clients.join(room, "carol")
+        await wait_until(lambda: "carol" in bob.room.remote_participants, what="bob to see carol")
+        carol_sid = bob.room.remote_participants["carol"].sid
+        await lk.room.send_data(
+            api.SendDataRequest(room=room, data=b"by sid", destination_sids=[carol_sid])
+        )
+        await wait_until(
+            lambda: carol.seen("data_received"), timeout=DATA_TIMEOUT, what="carol's packet"
+        )
+        await asyncio.sleep(SETTLE)
+        assert [e.args[0].data for e in carol.seen("data_received")] == [b"by sid"]
+        assert not bob.seen("data_received"), "the packet named only carol's sid"
+
+
+async def test_data_without_can_publish_data_is_dropped(server: Server) -> None:
+    room = unique("data-denied")
+    async with Clients(server) as clients:
+        token = (
+            api.AccessToken(server.api_key, server.api_secret)
+            .with_identity("mute-data")
+            .with_grants(api.VideoGrants(room_join=True, room=room, can_publish_data=False))
+            .to_jwt()
+        )
+        sender = await clients.join_with_token(token, "mute-data")
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        await wait_until(
+            lambda: "mute-data" in bob.room.remote_participants, what="bob to see the sender"
+        )
+        try:
+            await asyncio.wait_for(
+                sender.room.local_participant.publish_data(b"denied", reliable=True), DATA_TIMEOUT
+            )
+        except Exception:
+            pass  # an SDK may refuse locally; either way nothing may arrive
+        await within(
+            alice.room.local_participant.publish_data(b"allowed", reliable=True),
+            DATA_TIMEOUT,
+            "alice's publish_data",
+        )
+        await wait_until(lambda: bob.seen("data_received"), timeout=DATA_TIMEOUT, what="alice's data")
+        await asyncio.sleep(SETTLE)
+        assert [e.args[0].data for e in bob.seen("data_received")] == [b"allowed"]
+
+
+async def test_a_publishers_tracks_end_when_it_leaves(server: Server) -> None:
+    room = unique("leaver-tracks")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        sender, publication = await publish_tone(alice)
+        try:
+            await wait_track_subscribed(bob, publication.sid)
+            async with server.api() as lk:
+                rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            assert rooms.rooms[0].num_publishers == 1, rooms
+            await alice.room.disconnect()
+            await wait_until(
+                lambda: "alice" not in bob.room.remote_participants,
+                timeout=EVENT_TIMEOUT,
+                what="bob to see alice leave",
+            )
+            async with server.api() as lk:
+                rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+                people = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+            assert [p.identity for p in people.participants] == ["bob"]
+            assert rooms.rooms and rooms.rooms[0].num_publishers == 0
+        finally:
+            await sender.stop()
+
+
+@pytest.mark.parametrize("remote_unmute", [False, True], ids=["default", "enabled"])
+async def test_room_service_mutes_a_published_track(tmp_path, remote_unmute: bool) -> None:
+    """MutePublishedTrack mutes for everyone (the publisher's SDK is told to mute); unmuting
+    from the server needs `room.enable_remote_unmute`, as upstream."""
+    args = ["--config-body", "room:\n  enable_remote_unmute: true\n"] if remote_unmute else []
+    server = Server(tmp_path / "mute.log", args).start()
+    try:
+        room = unique("remote-mute")
+        async with Clients(server) as clients, server.api() as lk:
+            alice = await clients.join(room, "alice")
+            bob = await clients.join(room, "bob")
+            sender, publication = await publish_tone(alice)
+            try:
+                await wait_track_subscribed(bob, publication.sid)
+                track = await lk.room.mute_published_track(
+                    api.MuteRoomTrackRequest(
+                        room=room, identity="alice", track_sid=publication.sid, muted=True
+                    )
+                )
+                assert track.track.muted and track.track.sid == publication.sid
+                await wait_until(
+                    lambda: bob.seen("track_muted"), timeout=EVENT_TIMEOUT, what="bob to see the mute"
+                )
+                await wait_until(
+                    lambda: publication.muted, timeout=EVENT_TIMEOUT, what="alice's SDK to mute"
+                )
+                unmute = api.MuteRoomTrackRequest(
+                    room=room, identity="alice", track_sid=publication.sid, muted=False
+                )
+                if remote_unmute:
+                    assert not (await lk.room.mute_published_track(unmute)).track.muted
+                    await wait_until(
+                        lambda: bob.seen("track_unmuted"), timeout=EVENT_TIMEOUT, what="the unmute"
+                    )
+                else:
+                    with pytest.raises(api.TwirpError) as refused:
+                        await lk.room.mute_published_track(unmute)
+                    assert "remote unmute" in str(refused.value)
+                    await asyncio.sleep(SETTLE)
+                    assert not bob.seen("track_unmuted")
+            finally:
+                await sender.stop()
+    finally:
+        server.stop()

@@ -107,6 +107,9 @@ pub struct RoomConfig {
     pub max_participants: u32,
     /// Codecs offered to publishers; empty means all supported.
     pub enabled_codecs: Vec<CodecSpec>,
+    /// Whether RoomService.MutePublishedTrack may unmute (off, as upstream: a server
+    /// must not turn on someone's microphone unless the deployment allows it).
+    pub enable_remote_unmute: bool,
 }
 
 impl Default for RoomConfig {
@@ -117,6 +120,7 @@ impl Default for RoomConfig {
             departure_timeout: 20,
             max_participants: 0,
             enabled_codecs: Vec::new(),
+            enable_remote_unmute: false,
         }
     }
 }

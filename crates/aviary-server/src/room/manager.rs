@@ -879,6 +879,11 @@ impl RoomManager {
         &self,
         req: &proto::MuteRoomTrackRequest,
     ) -> Result<proto::TrackInfo, ServiceError> {
+        if !req.muted && !self.defaults.enable_remote_unmute {
+            return Err(ServiceError::PermissionDenied(
+                "remote unmute is not enabled (room.enable_remote_unmute)".into(),
+            ));
+        }
         self.with_room(&req.room, |r| {
             let p = r
                 .by_identity(&req.identity)
@@ -1259,6 +1264,54 @@ mod tests {
         assert!(
             matches!(&cmds[..], [WorkerCommand::TrackSettings { paused: true, track_sid, .. }]
             if *track_sid == track.sid)
+        );
+
+        // By participant_tracks, with an unknown sid among them: the known track is still
+        // subscribed, the unknown one is reported, and a's own track is not sent to a.
+        let by_participant = [proto::ParticipantTracks {
+            participant_sid: a.participant_sid.clone(),
+            track_sids: vec!["TR_missing".into(), track.sid.clone()],
+        }];
+        let result = m.set_subscriptions("r", &b.participant_sid, &[], &by_participant, true);
+        assert_eq!(
+            result,
+            Err(ServiceError::TrackNotFound("TR_missing".into()))
+        );
+        cmds = rx.try_iter().collect();
+        assert!(
+            matches!(&cmds[..], [WorkerCommand::Subscribe { key, track_sid, .. }]
+            if key.participant == b.participant_sid && *track_sid == track.sid),
+            "{cmds:?}"
+        );
+        let own = m.set_subscriptions(
+            "r",
+            &a.participant_sid,
+            std::slice::from_ref(&track.sid),
+            &[],
+            true,
+        );
+        assert_eq!(own, Ok(()));
+        assert_eq!(
+            rx.try_iter().count(),
+            0,
+            "no subscription to one's own track"
+        );
+
+        // Taking away a's canPublish ends the track in the worker.
+        m.update_participant(&proto::UpdateParticipantRequest {
+            room: "r".into(),
+            identity: "a".into(),
+            permission: Some(proto::ParticipantPermission {
+                can_subscribe: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        cmds = rx.try_iter().collect();
+        assert!(
+            cmds.iter().any(|c| matches!(c, WorkerCommand::CloseTrack { track_sid, .. } if *track_sid == track.sid)),
+            "{cmds:?}"
         );
     }
 

@@ -146,6 +146,8 @@ impl Room {
         } else {
             self.broadcast_participant(&info, None);
         }
+        // Tracks may have come or gone.
+        self.refresh_count();
         Some(info)
     }
 
@@ -188,6 +190,11 @@ impl Room {
 
     fn refresh_count(&mut self) {
         self.info.num_participants = self.visible_count() as u32;
+        self.info.num_publishers = self
+            .participants
+            .iter()
+            .filter(|p| !p.hidden() && !p.info.tracks.is_empty())
+            .count() as u32;
     }
 
     fn broadcast_participant(&self, info: &proto::ParticipantInfo, except: Option<&str>) {

@@ -508,6 +508,14 @@ impl Worker {
                 track_sid,
             } => {
                 if let Some(room) = self.room_mut(&key.room) {
+                    if room.router.producer(producer).is_none() {
+                        // Unpublished before the binding arrived: the track ends at once,
+                        // or it would stay listed with no media behind it.
+                        if let Some(peer) = room.peers.get(&key.participant) {
+                            let _ = peer.events.send(MediaEvent::TrackEnded { track_sid });
+                        }
+                        return;
+                    }
                     room.tracks
                         .insert(track_sid.clone(), (producer, key.participant));
                     room.producer_tracks.insert(producer, track_sid);
