@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import HttpAnswer, Server, service_token, twirp_json, unique
+from harness import HttpAnswer, Server, http_request, service_token, twirp_json, unique
 
 
 def assert_twirp_error(answer: HttpAnswer, status: int, code: str) -> None:
@@ -111,6 +111,15 @@ def test_unknown_method_is_bad_route(server: Server) -> None:
     token = service_token(roomCreate=True, roomList=True, roomAdmin=True)
     answer = twirp_json(server, "NoSuchMethod", {}, token)
     assert_twirp_error(answer, 404, "bad_route")
+
+
+def test_routing_errors_come_before_authentication(server: Server) -> None:
+    # No token at all: an unknown method is still a bad route, not an auth failure.
+    assert_twirp_error(twirp_json(server, "NoSuchMethod", {}, None), 404, "bad_route")
+    # Only POST is a Twirp call; the error is Twirp's JSON too.
+    answer = http_request(f"{server.http_url}/twirp/livekit.RoomService/ListRooms")
+    assert_twirp_error(answer, 404, "bad_route")
+    assert "POST" in answer.text
 
 
 def test_room_admin_for_another_room_is_permission_denied(server: Server) -> None:

@@ -3,9 +3,10 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::any;
 use livekit_protocol as proto;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +16,7 @@ use crate::auth::Claims;
 use crate::room::ServiceError;
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/twirp/livekit.RoomService/{method}", post(room_service))
+    Router::new().route("/twirp/livekit.RoomService/{method}", any(room_service))
 }
 
 /// A Twirp error: `{"code": ..., "msg": ...}` with the matching HTTP status.
@@ -156,12 +157,41 @@ fn require(claims: &Claims, needs: Needs<'_>) -> Result<(), TwirpError> {
     }
 }
 
+/// The RoomService methods this server answers.
+const METHODS: [&str; 11] = [
+    "CreateRoom",
+    "ListRooms",
+    "DeleteRoom",
+    "ListParticipants",
+    "GetParticipant",
+    "RemoveParticipant",
+    "UpdateParticipant",
+    "UpdateRoomMetadata",
+    "MutePublishedTrack",
+    "UpdateSubscriptions",
+    "SendData",
+];
+
 async fn room_service(
     State(state): State<AppState>,
     Path(method): Path<String>,
+    http_method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Routing errors first, as Twirp servers do: they say nothing about the caller.
+    if http_method != Method::POST {
+        return TwirpError::BadRoute(format!(
+            "unsupported method {http_method} (only POST is allowed)"
+        ))
+        .into_response();
+    }
+    if !METHODS.contains(&method.as_str()) {
+        return TwirpError::BadRoute(format!(
+            "no handler for path \"/twirp/livekit.RoomService/{method}\""
+        ))
+        .into_response();
+    }
     match dispatch(&state, &method, &headers, &body) {
         Ok(r) => r,
         Err(e) => e.into_response(),
