@@ -12,7 +12,9 @@ use str0m::format::{
     Codec, detect_av1_keyframe, detect_h264_keyframe, detect_h264_nalu, detect_vp9_keyframe,
 };
 use str0m::media::Rid;
-use str0m::rtp::{Vp8Descriptor, Vp8Patch, Vp8PatchError};
+use str0m::rtp::{Vp8Descriptor, Vp8Patch};
+
+use crate::producer::KEYFRAME_THROTTLE;
 
 /// A layer that sent nothing for this long is taken as stopped (the publisher's encoder
 /// drops layers when its bandwidth estimate falls, and brings them back later).
@@ -20,6 +22,9 @@ pub(crate) const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
 /// An H.264 sequence parameter set: a keyframe starts with it.
 const H264_SPS: u8 = 7;
+
+/// Layers one producer may have (LiveKit's clients send at most three).
+pub(crate) const MAX_LAYERS: usize = 4;
 
 /// One layer of a producer, ordered from lowest to highest quality in the producer.
 #[derive(Debug, Clone)]
@@ -40,6 +45,13 @@ impl Layer {
             last_keyframe_request: None,
             keyframe_owed: false,
         }
+    }
+
+    /// When the request owed for this layer may go out, if one is owed.
+    pub(crate) fn owed_at(&self) -> Option<Instant> {
+        self.last_keyframe_request
+            .filter(|_| self.keyframe_owed)
+            .map(|at| at + KEYFRAME_THROTTLE)
     }
 
     pub(crate) fn is_active(&self, now: Instant) -> bool {
@@ -113,8 +125,9 @@ impl Vp8Munger {
     }
 
     /// The patch for one packet, or `None` when its descriptor needs no change (or has no
-    /// field to rewrite).
-    pub(crate) fn patch(&mut self, d: &Vp8Descriptor) -> Option<Vp8Patch> {
+    /// field to rewrite). `long`: the picture id has 15 bits (else 7).
+    pub(crate) fn patch(&mut self, d: &Vp8Descriptor, long: bool) -> Option<Vp8Patch> {
+        let pid_mask: u16 = if long { 0x7fff } else { 0x7f };
         if std::mem::take(&mut self.resync) {
             if let (Some(last), Some(pid)) = (self.last_picture_id, d.picture_id()) {
                 self.picture_id_offset = last.wrapping_add(1).wrapping_sub(pid);
@@ -129,8 +142,7 @@ impl Vp8Munger {
         let mut builder = d.patch();
         let mut changed = false;
         if let Some(pid) = d.picture_id() {
-            // 15 bits; a 7-bit field is retried below.
-            let out = pid.wrapping_add(self.picture_id_offset) & 0x7fff;
+            let out = pid.wrapping_add(self.picture_id_offset) & pid_mask;
             self.last_picture_id = Some(out);
             changed |= out != pid;
             builder = builder.picture_id(out);
@@ -150,27 +162,16 @@ impl Vp8Munger {
         if !changed {
             return None;
         }
-        match builder.build() {
-            Ok(p) => Some(p),
-            // A 7-bit picture id: the offset applies modulo 128.
-            Err(Vp8PatchError::PictureIdTooLarge) => {
-                let pid = self.last_picture_id.map(|p| p & 0x7f);
-                self.last_picture_id = pid;
-                let mut b = d.patch();
-                if let Some(p) = pid {
-                    b = b.picture_id(p);
-                }
-                if let Some(t) = self.last_tl0.filter(|_| d.tl0_pic_idx().is_some()) {
-                    b = b.tl0_pic_idx(t);
-                }
-                if let Some(k) = self.last_key_idx.filter(|_| d.key_idx().is_some()) {
-                    b = b.key_idx(k);
-                }
-                b.build().ok()
-            }
-            Err(_) => None,
-        }
+        builder.build().ok()
     }
+}
+
+/// Whether a VP8 payload descriptor carries a 15-bit picture id (the M bit of its first
+/// picture-id byte, RFC 7741); false when it has none.
+pub(crate) fn vp8_long_picture_id(payload: &[u8]) -> bool {
+    let x = payload.first().is_some_and(|b| b & 0x80 != 0);
+    let i = x && payload.get(1).is_some_and(|b| b & 0x80 != 0);
+    i && payload.get(2).is_some_and(|b| b & 0x80 != 0)
 }
 
 #[cfg(test)]
@@ -228,7 +229,7 @@ mod tests {
 
     fn apply(m: &mut Vp8Munger, payload: &[u8]) -> (u16, u8, u8) {
         let d = Vp8Descriptor::parse(payload).unwrap();
-        match m.patch(&d) {
+        match m.patch(&d, vp8_long_picture_id(payload)) {
             Some(_) => (
                 m.last_picture_id.unwrap(),
                 m.last_tl0.unwrap(),
@@ -254,6 +255,35 @@ mod tests {
         // Wrapping at 15 bits.
         m.resync();
         assert_eq!(apply(&mut m, &vp8(0x7fff - 103, 0, 0, true)), (104, 11, 5));
+    }
+
+    /// The same with a 7-bit picture id (M bit clear).
+    fn vp8_short(picture_id: u8, tl0: u8, key_idx: u8, keyframe: bool) -> Vec<u8> {
+        vec![
+            0x90,
+            0xf0,
+            picture_id & 0x7f,
+            tl0,
+            key_idx & 0x1f,
+            if keyframe { 0x00 } else { 0x01 },
+            0,
+            0,
+        ]
+    }
+
+    #[test]
+    fn seven_bit_picture_ids_continue_and_wrap() {
+        assert!(!vp8_long_picture_id(&vp8_short(5, 0, 0, true)));
+        assert!(vp8_long_picture_id(&vp8(5, 0, 0, true)));
+        let mut m = Vp8Munger::default();
+        assert_eq!(apply(&mut m, &vp8_short(126, 1, 1, true)), (126, 1, 1));
+        m.resync();
+        assert_eq!(apply(&mut m, &vp8_short(40, 9, 9, true)), (127, 2, 2));
+        assert_eq!(
+            apply(&mut m, &vp8_short(41, 10, 9, false)),
+            (0, 3, 2),
+            "wraps at 7 bits"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid, Rid};
 
-use crate::layers::{Layer, sort_layers};
+use crate::layers::{Layer, MAX_LAYERS, sort_layers};
 
 use crate::{ConsumerId, ProducerId, TransportId};
 
@@ -67,33 +67,31 @@ impl Producer {
         self.layers.first().is_some_and(|l| l.rid.is_some())
     }
 
-    /// The index of the layer with this rid, adding it (in rank order) if it is new.
-    pub(crate) fn layer_index(&mut self, rid: Option<Rid>) -> usize {
+    /// The index of the layer with this rid, and whether it was added just now (moving the
+    /// indexes of the layers above it). `None` for a stream this producer has no layer for:
+    /// no rid on a simulcast producer, or a new rid past [`MAX_LAYERS`].
+    pub(crate) fn layer_index(&mut self, rid: Option<Rid>) -> Option<(usize, bool)> {
         if let Some(i) = self.layers.iter().position(|l| l.rid == rid) {
-            return i;
+            return Some((i, false));
         }
-        // A rid the SDP did not announce, or the first packet of a stream without one.
-        if rid.is_none() {
-            return 0;
-        }
+        let rid = rid?;
         if !self.is_simulcast() {
+            // The SDP named no layers, but the stream names one (str0m accepts any rid
+            // then): from now on this is a simulcast producer.
             self.layers.clear();
         }
-        self.layers.push(Layer::new(rid));
+        if self.layers.len() >= MAX_LAYERS {
+            return None;
+        }
+        self.layers.push(Layer::new(Some(rid)));
         sort_layers(&mut self.layers);
-        self.layers
-            .iter()
-            .position(|l| l.rid == rid)
-            .unwrap_or_default()
+        let i = self.layers.iter().position(|l| l.rid == Some(rid))?;
+        Some((i, true))
     }
 
     /// When the next owed keyframe request may go out.
     pub(crate) fn keyframe_deadline(&self) -> Option<Instant> {
-        self.layers
-            .iter()
-            .filter(|l| l.keyframe_owed)
-            .filter_map(|l| l.last_keyframe_request.map(|at| at + KEYFRAME_THROTTLE))
-            .min()
+        self.layers.iter().filter_map(Layer::owed_at).min()
     }
 
     /// Whether a request for `layer` may be sent now; otherwise it is remembered as owed.
@@ -115,15 +113,9 @@ impl Producer {
 
     /// Layers whose owed request is due at `now`.
     pub(crate) fn owed_layers(&self, now: Instant) -> Vec<usize> {
-        self.layers
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| {
-                l.keyframe_owed
-                    && l.last_keyframe_request
-                        .is_some_and(|at| at + KEYFRAME_THROTTLE <= now)
-            })
-            .map(|(i, _)| i)
+        let due = |l: &Layer| l.owed_at().is_some_and(|at| at <= now);
+        (0..self.layers.len())
+            .filter(|&i| due(&self.layers[i]))
             .collect()
     }
 }

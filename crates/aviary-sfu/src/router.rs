@@ -18,7 +18,9 @@ use tracing::{debug, trace};
 
 use crate::consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
 use crate::error::ConsumeError;
-use crate::layers::{Layer, Vp8Munger, sort_layers, starts_keyframe, target_layer};
+use crate::layers::{
+    Layer, Vp8Munger, sort_layers, starts_keyframe, target_layer, vp8_long_picture_id,
+};
 use crate::producer::Producer;
 use crate::rewrite::Rewriter;
 use crate::transport::{
@@ -424,6 +426,10 @@ impl Router {
             .get_mut(&id)
             .ok_or(ConsumeError::ConsumerNotFound(id))?;
         c.preferred_layer = layer;
+        if c.paused {
+            // It asks for its keyframe when it resumes.
+            return Ok(());
+        }
         let (producer, current) = (c.producer, c.layer);
         let now = self.now;
         let target = self
@@ -443,6 +449,26 @@ impl Router {
     pub fn request_keyframe(&mut self, producer: ProducerId) {
         let layers = self.producers.get(&producer).map_or(0, |p| p.layers.len());
         for layer in 0..layers {
+            self.request_layer_keyframe(producer, layer);
+        }
+    }
+
+    /// A subscriber with no layer yet asked for a keyframe: the layer it waits for is asked.
+    fn request_target_keyframe(&mut self, producer: ProducerId, transport: TransportId, mid: Mid) {
+        let now = self.now;
+        let preferred = self
+            .consumer_by_mid
+            .get(&(transport, mid))
+            .and_then(|c| self.consumers.get(c))
+            .map_or(usize::MAX, |c| c.preferred_layer);
+        let target = self.producers.get(&producer).and_then(|p| {
+            if p.is_simulcast() {
+                target_layer(&p.layers, preferred, now)
+            } else {
+                Some(0)
+            }
+        });
+        if let Some(layer) = target {
             self.request_layer_keyframe(producer, layer);
         }
     }
@@ -642,7 +668,7 @@ impl Router {
                     if let Some((p, layer)) = wanted {
                         match layer {
                             Some(l) => self.request_layer_keyframe(p, l),
-                            None => self.request_keyframe(p),
+                            None => self.request_target_keyframe(p, transport, mid),
                         }
                     }
                 }
@@ -761,8 +787,23 @@ impl Router {
         producer.packets += 1;
         self.packets_received += 1;
         let now = self.now;
-        let layer = producer.layer_index(rid);
-        if let Some(l) = producer.layers.get_mut(layer) {
+        // A stream without a rid on a simulcast producer (or past the layer cap) belongs to
+        // no layer: nobody gets it.
+        let Some((layer, inserted)) = producer.layer_index(rid) else {
+            return;
+        };
+        if inserted {
+            // Layer indexes moved: every consumer starts again at a keyframe.
+            for cid in &producer.consumers {
+                if let Some(c) = self.consumers.get_mut(cid) {
+                    c.layer = None;
+                }
+            }
+        }
+        // Padding alone (a paused layer probing bandwidth) does not make a layer active.
+        if !packet.payload.is_empty()
+            && let Some(l) = producer.layers.get_mut(layer)
+        {
             l.last_packet = Some(now);
         }
         // Simulcast: consumers switch layers at keyframes, and VP8 numbering is rewritten
@@ -770,14 +811,28 @@ impl Router {
         let simulcast = producer.is_simulcast();
         let codec = spec.map(|(s, _)| s.codec);
         let vp8 = match codec {
-            Some(Codec::Vp8) if simulcast => Vp8Descriptor::parse(&packet.payload).ok(),
+            Some(Codec::Vp8) if simulcast => Vp8Descriptor::parse(&packet.payload)
+                .ok()
+                .map(|d| (d, vp8_long_picture_id(&packet.payload))),
             _ => None,
         };
         let mut keyframe: Option<bool> = None;
         let mut is_keyframe = || {
             *keyframe.get_or_insert_with(|| {
-                codec.is_some_and(|c| starts_keyframe(c, &packet.payload, vp8.as_ref()))
+                codec.is_some_and(|c| {
+                    starts_keyframe(c, &packet.payload, vp8.as_ref().map(|(d, _)| d))
+                })
             })
+        };
+        // Consumers mostly share a preference: one target per preference per packet.
+        let mut targets: Vec<(usize, Option<usize>)> = Vec::new();
+        let mut target_for = |preferred: usize| {
+            if let Some(&(_, t)) = targets.iter().find(|(p, _)| *p == preferred) {
+                return t;
+            }
+            let t = target_layer(&producer.layers, preferred, now);
+            targets.push((preferred, t));
+            t
         };
         let mut wants_keyframe = false;
         let mut wanted_layers: Vec<usize> = Vec::new();
@@ -801,29 +856,29 @@ impl Router {
             if !sub.is_connected() {
                 continue;
             }
+            let mut switching = false;
             if simulcast {
-                let target = target_layer(&producer.layers, c.preferred_layer, now);
-                if c.layer != Some(layer) {
-                    // Another layer's packet: taken only to switch onto the target.
-                    if target != Some(layer) {
-                        continue;
-                    }
-                    if !is_keyframe() {
-                        if !wanted_layers.contains(&layer) {
-                            wanted_layers.push(layer);
-                        }
-                        continue;
-                    }
-                    c.layer = Some(layer);
-                    c.rewriter.resync();
-                    c.vp8.resync();
-                    c.started = true;
-                } else if let Some(t) = target
-                    && t != layer
-                    && !wanted_layers.contains(&t)
+                let target = target_for(c.preferred_layer);
+                let wanted = if c.layer == Some(layer) {
+                    // Still on this layer until the target's keyframe arrives.
+                    target.filter(|&t| t != layer)
+                } else if target != Some(layer) {
+                    // Another layer's packet; a consumer with no layer yet waits for its
+                    // target's keyframe.
+                    target.filter(|_| c.layer.is_none())
+                } else if is_keyframe() {
+                    switching = true;
+                    None
+                } else {
+                    Some(layer)
+                };
+                if let Some(w) = wanted
+                    && !wanted_layers.contains(&w)
                 {
-                    // Still on the old layer until the target's keyframe arrives.
-                    wanted_layers.push(t);
+                    wanted_layers.push(w);
+                }
+                if !switching && c.layer != Some(layer) {
+                    continue;
                 }
             }
             let out_pt = *c.pt_map.entry(in_pt).or_insert_with(|| {
@@ -845,12 +900,6 @@ impl Router {
                 trace!(consumer = %c.id, ?in_pt, "subscriber lacks the codec");
                 continue;
             };
-            let Some((seq, ts)) =
-                c.rewriter
-                    .rewrite(*packet.seq_no, packet.header.timestamp, packet.timestamp)
-            else {
-                continue;
-            };
             let mut api = sub.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
@@ -863,6 +912,18 @@ impl Router {
             } else {
                 packet.payload.clone()
             };
+            // Only now, with the packet sure to go out, does the switch happen: numbering is
+            // re-based on this keyframe.
+            if switching {
+                c.rewriter.resync();
+                c.vp8.resync();
+            }
+            let Some((seq, ts)) =
+                c.rewriter
+                    .rewrite(*packet.seq_no, packet.header.timestamp, packet.timestamp)
+            else {
+                continue;
+            };
             if c.packets == 0 {
                 tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
             }
@@ -870,12 +931,16 @@ impl Router {
                 .marker(packet.header.marker)
                 .ext_vals(ext.clone())
                 .nackable(c.kind == MediaKind::Video);
-            if let Some(patch) = vp8.as_ref().and_then(|d| c.vp8.patch(d)) {
+            if let Some(patch) = vp8.as_ref().and_then(|(d, long)| c.vp8.patch(d, *long)) {
                 write = write.vp8_patch(patch);
             }
             tx.write_rtp(write);
             c.packets += 1;
             self.packets_forwarded += 1;
+            if switching {
+                c.layer = Some(layer);
+                c.started = true;
+            }
             if !c.started {
                 c.started = true;
                 wants_keyframe = true;
@@ -883,19 +948,6 @@ impl Router {
             if !sub.touched {
                 sub.touched = true;
                 self.touched.push(c.transport);
-            }
-        }
-        // A simulcast consumer that has no layer yet waits for the target's keyframe.
-        if simulcast {
-            for cid in &producer.consumers {
-                if let Some(c) = self.consumers.get(cid)
-                    && c.layer.is_none()
-                    && !c.paused
-                    && let Some(t) = target_layer(&producer.layers, c.preferred_layer, now)
-                    && !wanted_layers.contains(&t)
-                {
-                    wanted_layers.push(t);
-                }
             }
         }
         for id in std::mem::take(&mut self.touched) {

@@ -605,9 +605,11 @@ impl RoomManager {
         };
         let off = req.quality == proto::VideoQuality::Off as i32;
         for track_sid in &req.track_sids {
-            let max_layer = r
-                .track(track_sid)
-                .map_or(usize::MAX, |(t, _)| quality::max_layer(t, req));
+            // Unknown sids are ignored: the worker keeps settings only for real tracks.
+            let Some((track, _)) = r.track(track_sid) else {
+                continue;
+            };
+            let max_layer = quality::max_layer(track, req);
             self.worker(r).send(WorkerCommand::TrackSettings {
                 key: PeerKey {
                     room: r.info.sid.clone(),
@@ -827,18 +829,23 @@ impl RoomManager {
     /// A participant's permission changed: what it may no longer do stops now, as upstream
     /// does — tracks it may not publish end, subscriptions it may not have end, and its data
     /// packets are relayed or not.
-    fn apply_permission(&self, r: &Room, sid: &str, perm: &proto::ParticipantPermission) {
+    fn apply_permission(&self, r: &mut Room, sid: &str, perm: &proto::ParticipantPermission) {
         let worker = self.worker(r);
         let key = PeerKey {
             room: r.info.sid.clone(),
             participant: sid.to_string(),
         };
+        let allowed = |source: i32| {
+            perm.can_publish
+                && (perm.can_publish_sources.is_empty()
+                    || perm.can_publish_sources.contains(&source))
+        };
+        if let Some(p) = r.by_sid_mut(sid) {
+            // Announced tracks whose media has not arrived yet are forgotten: it will not
+            // be published when it comes.
+            p.pending_tracks.retain(|(_, t)| allowed(t.source));
+        }
         if let Some(p) = r.by_sid(sid) {
-            let allowed = |source: i32| {
-                perm.can_publish
-                    && (perm.can_publish_sources.is_empty()
-                        || perm.can_publish_sources.contains(&source))
-            };
             for t in p.info.tracks.iter().filter(|t| !allowed(t.source)) {
                 worker.send(WorkerCommand::CloseTrack {
                     room: r.info.sid.clone(),
@@ -1313,6 +1320,37 @@ mod tests {
             cmds.iter().any(|c| matches!(c, WorkerCommand::CloseTrack { track_sid, .. } if *track_sid == track.sid)),
             "{cmds:?}"
         );
+    }
+
+    #[test]
+    fn a_track_announced_before_publishing_was_revoked_is_not_published() {
+        let m = manager(RoomConfig::default());
+        let a = join(&m, "a", "r").unwrap();
+        let req = proto::AddTrackRequest {
+            cid: "mic".into(),
+            r#type: proto::TrackType::Audio as i32,
+            ..Default::default()
+        };
+        m.add_track("r", &a.participant_sid, &req).unwrap();
+        m.update_participant(&proto::UpdateParticipantRequest {
+            room: "r".into(),
+            identity: "a".into(),
+            permission: Some(proto::ParticipantPermission::default()),
+            ..Default::default()
+        })
+        .unwrap();
+        let media = ProducedMedia {
+            producer: aviary_sfu::ProducerId(1),
+            cid: "mic".into(),
+            kind: MediaKind::Audio,
+            mid: "0".into(),
+            mime: "audio/opus".into(),
+        };
+        assert!(
+            m.producer_created("r", &a.participant_sid, &media)
+                .is_none()
+        );
+        assert!(m.get_participant("r", "a").unwrap().tracks.is_empty());
     }
 
     #[test]

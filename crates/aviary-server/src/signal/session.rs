@@ -147,7 +147,14 @@ where
                 None => break End::Server,
             },
             event = media_rx.recv() => {
-                let replies = event.map(|e| s.handle_media(e)).unwrap_or_default();
+                let replies = match event {
+                    Some(e) => s.handle_media(e),
+                    None => {
+                        // The worker is gone (its thread ended): no media for this session.
+                        s.reconnect = true;
+                        Vec::new()
+                    }
+                };
                 if send_all(&mut sink, &replies, s.json).await.is_err() {
                     break End::Client;
                 }

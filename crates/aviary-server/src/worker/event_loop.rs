@@ -551,7 +551,9 @@ impl Worker {
                         let _ = room.router.pause_consumer(c, paused);
                         let _ = room.router.set_preferred_layer(c, max_layer);
                     }
-                    room.settings.insert(slot, (paused, max_layer));
+                    if room.tracks.contains_key(&slot.1) {
+                        room.settings.insert(slot, (paused, max_layer));
+                    }
                 });
             }
             WorkerCommand::SendData {
@@ -994,6 +996,7 @@ fn handle_event(
         Event::ProducerClosed { producer } => {
             if let Some(track_sid) = room.producer_tracks.remove(&producer) {
                 room.consumers.retain(|(_, t), _| *t != track_sid);
+                room.settings.retain(|(_, t), _| *t != track_sid);
                 if let Some((_, publisher)) = room.tracks.remove(&track_sid)
                     && let Some(peer) = room.peers.get(&publisher)
                 {
