@@ -9,14 +9,20 @@ import subprocess
 from harness import Server, server_binary, unique
 
 
-def test_short_load_test_reports_zero_loss(server: Server) -> None:
-    argv = [
+def load_test(server: Server, room: str, *args: str) -> list[str]:
+    """The `aviary load-test` command line against `server`."""
+    return [
         str(server_binary()), "load-test",
         "--url", server.ws_url, "--api-key", server.api_key, "--api-secret", server.api_secret,
-        "--room", unique("load"),
-        "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "8",
-        "--duration", "4s", "--video-bitrate", "400k", "--json",
+        "--room", unique(room), *args,
     ]
+
+
+def test_short_load_test_reports_zero_loss(server: Server) -> None:
+    argv = load_test(
+        server, "load", "--video-publishers", "1", "--audio-publishers", "1",
+        "--subscribers", "8", "--duration", "4s", "--video-bitrate", "400k", "--json",
+    )
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
@@ -34,12 +40,9 @@ def test_short_load_test_reports_zero_loss(server: Server) -> None:
 
 
 def test_load_test_shows_progress_and_a_table(server: Server) -> None:
-    argv = [
-        str(server_binary()), "load-test",
-        "--url", server.ws_url, "--api-key", server.api_key, "--api-secret", server.api_secret,
-        "--room", unique("load-table"),
-        "--video-publishers", "1", "--subscribers", "3", "--duration", "2s",
-    ]
+    argv = load_test(
+        server, "load-table", "--video-publishers", "1", "--subscribers", "3", "--duration", "2s"
+    )
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     # A progress bar while it runs (on stderr), full by the end.
