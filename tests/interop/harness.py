@@ -484,6 +484,7 @@ RECORDED_EVENTS = (
     "track_muted",
     "track_unmuted",
     "data_received",
+    "active_speakers_changed",
 )
 
 

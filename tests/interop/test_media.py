@@ -972,3 +972,32 @@ async def test_room_service_mutes_a_published_track(tmp_path, remote_unmute: boo
                 await sender.stop()
     finally:
         server.stop()
+
+
+async def test_active_speakers_follow_the_audio(server: Server) -> None:
+    """SpeakersChanged from the audio level of published audio: alice's tone makes her the
+    active speaker for bob; muting it ends that."""
+    room = unique("speakers")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        carol = await clients.join(room, "carol")  # publishes nothing: never a speaker
+
+        def speakers(c: Client = bob) -> list[str]:
+            """The active speakers as of the last `active_speakers_changed`."""
+            events = c.seen("active_speakers_changed")
+            return [p.identity for p in events[-1].args[0]] if events else []
+
+        sender, publication = await publish_tone(alice)
+        try:
+            await wait_track_subscribed(bob, publication.sid)
+            await wait_until(
+                lambda: speakers() == ["alice"], timeout=EVENT_TIMEOUT, what="alice to speak"
+            )
+            await wait_until(lambda: speakers(carol) == ["alice"], what="carol to be told too")
+            sender.track.mute()
+            await wait_until(
+                lambda: speakers() == [], timeout=EVENT_TIMEOUT, what="alice to stop speaking"
+            )
+        finally:
+            await sender.stop()

@@ -25,6 +25,7 @@ pub mod demux;
 mod error;
 mod ids;
 mod layers;
+mod loudness;
 mod producer;
 mod rewrite;
 mod router;

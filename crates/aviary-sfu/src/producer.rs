@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, Mid, Rid};
 
 use crate::layers::{Layer, MAX_LAYERS, sort_layers};
+use crate::loudness::Loudness;
 
 use crate::{ConsumerId, ProducerId, TransportId};
 
@@ -24,6 +25,8 @@ pub struct Producer {
     /// Its simulcast layers from lowest to highest quality; one layer without a rid when
     /// the publisher sends a single stream.
     pub(crate) layers: Vec<Layer>,
+    /// Audio: how loud it has been lately.
+    pub(crate) loudness: Loudness,
     pub(crate) packets: u64,
 }
 

@@ -21,6 +21,7 @@ use crate::error::ConsumeError;
 use crate::layers::{
     Layer, Vp8Munger, sort_layers, starts_keyframe, target_layer, vp8_long_picture_id,
 };
+use crate::loudness::Loudness;
 use crate::producer::Producer;
 use crate::rewrite::Rewriter;
 use crate::transport::{
@@ -585,6 +586,18 @@ impl Router {
         }
     }
 
+    /// Audio producers speaking now, with their level (0..=1, 1 loudest), loudest first.
+    pub fn speakers(&self, now: Instant) -> Vec<(ProducerId, f32)> {
+        let mut speaking: Vec<(ProducerId, f32)> = self
+            .producers
+            .values()
+            .filter(|p| p.kind == MediaKind::Audio)
+            .filter_map(|p| p.loudness.speaking(now).map(|level| (p.id, level)))
+            .collect();
+        speaking.sort_by(|a, b| b.1.total_cmp(&a.1));
+        speaking
+    }
+
     /// The transport with this id.
     pub fn transport(&self, id: TransportId) -> Option<&Transport> {
         self.transports.get(&id).map(|t| &**t)
@@ -728,6 +741,7 @@ impl Router {
                 track_id: track_id.clone(),
                 consumers: Vec::new(),
                 layers,
+                loudness: Loudness::default(),
                 packets: 0,
             },
         );
@@ -799,6 +813,9 @@ impl Router {
                     c.layer = None;
                 }
             }
+        }
+        if let Some(level) = packet.header.ext_vals.audio_level {
+            producer.loudness.observe(level, now);
         }
         // Padding alone (a paused layer probing bandwidth) does not make a layer active.
         if !packet.payload.is_empty()

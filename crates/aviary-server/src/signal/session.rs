@@ -418,6 +418,11 @@ impl Session {
                 );
                 self.reconnect = true;
             }
+            MediaEvent::Speakers(speakers) => {
+                out.push(response(Resp::SpeakersChanged(proto::SpeakersChanged {
+                    speakers,
+                })));
+            }
             MediaEvent::ProducerCreated(media) => {
                 self.ctx
                     .manager

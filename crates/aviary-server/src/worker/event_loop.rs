@@ -33,6 +33,8 @@ const STATS_FLUSH: Duration = Duration::from_secs(1);
 const DELAY_SAMPLE: u64 = 8;
 /// Datagrams read per turn before timers and commands get their turn.
 const RECV_BATCH: usize = 256;
+/// How often speaking participants are worked out (upstream's audio update interval).
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 /// Signaling commands handled per turn before sockets and timers get theirs.
 const COMMAND_BATCH: usize = 64;
 /// Longest sleep, so that a lost wake-up costs at most this much.
@@ -72,6 +74,8 @@ struct RoomMedia {
     settings: HashMap<(String, String), (bool, usize)>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
+    /// Participants announced as speaking, with their level.
+    speakers: HashMap<String, f32>,
     /// What was last added to the metrics from this room's router.
     reported: RouterStats,
     reported_dropped_lossy: u64,
@@ -266,18 +270,26 @@ impl Worker {
         let mut more_to_read = false;
         let mut more_commands = false;
         let mut last_flush = Instant::now();
+        let mut last_speakers = Instant::now();
         loop {
             let now = Instant::now();
             if now.duration_since(last_flush) >= STATS_FLUSH {
                 last_flush = now;
                 self.flush_stats();
             }
+            if now.duration_since(last_speakers) >= SPEAKER_INTERVAL {
+                last_speakers = now;
+                for room in self.rooms.values_mut() {
+                    announce_speakers(room, now);
+                }
+            }
             let deadline = self
                 .rooms
                 .values()
                 .map(|r| r.next_timeout)
                 .min()
-                .unwrap_or(now + MAX_SLEEP);
+                .unwrap_or(now + MAX_SLEEP)
+                .min(last_speakers + SPEAKER_INTERVAL);
             let sleep = if more_to_read || more_commands {
                 Duration::ZERO
             } else {
@@ -662,6 +674,7 @@ impl Worker {
                 consumers: HashMap::new(),
                 generations: HashMap::new(),
                 settings: HashMap::new(),
+                speakers: HashMap::new(),
                 dropped_lossy: 0,
                 reported: RouterStats::default(),
                 reported_dropped_lossy: 0,
@@ -1072,6 +1085,56 @@ fn deliver(room: &mut RoomMedia, targets: &[TransportId], kind: DataKind, bytes:
             }
             trace!(transport = %t, "data not delivered: {e}");
         }
+    }
+}
+
+/// Tells everyone in the room who started or stopped speaking since the last time: the
+/// speakers now (loudest first, `active`), and those who stopped (`active: false`), as
+/// upstream's `SpeakersChanged` carries only changes.
+fn announce_speakers(room: &mut RoomMedia, now: Instant) {
+    let mut speaking: Vec<(String, f32)> = Vec::new();
+    for (producer, level) in room.router.speakers(now) {
+        let Some(publisher) = room
+            .producer_tracks
+            .get(&producer)
+            .and_then(|track| room.tracks.get(track))
+            .map(|(_, publisher)| publisher)
+        else {
+            continue;
+        };
+        // Several microphones of one participant: the loudest (they come loudest first).
+        if !speaking.iter().any(|(sid, _)| sid == publisher) {
+            speaking.push((publisher.clone(), level));
+        }
+    }
+    let same = speaking.len() == room.speakers.len()
+        && speaking
+            .iter()
+            .all(|(sid, _)| room.speakers.contains_key(sid));
+    if same {
+        return;
+    }
+    let mut changed: Vec<proto::SpeakerInfo> = speaking
+        .iter()
+        .map(|(sid, level)| proto::SpeakerInfo {
+            sid: sid.clone(),
+            level: *level,
+            active: true,
+        })
+        .collect();
+    changed.extend(
+        room.speakers
+            .keys()
+            .filter(|sid| !speaking.iter().any(|(s, _)| s == *sid))
+            .map(|sid| proto::SpeakerInfo {
+                sid: sid.clone(),
+                level: 0.0,
+                active: false,
+            }),
+    );
+    room.speakers = speaking.into_iter().collect();
+    for peer in room.peers.values() {
+        let _ = peer.events.send(MediaEvent::Speakers(changed.clone()));
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use aviary_sfu::{DataKind, MediaKind, ProducerId, TransportDirection};
+use livekit_protocol as proto;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 
@@ -157,6 +158,8 @@ pub enum MediaEvent {
     NegotiationFailed(TransportDirection, String),
     /// The publisher's offer added a stream; the session binds it to a track.
     ProducerCreated(ProducedMedia),
+    /// Who started or stopped speaking in the room (LiveKit's `SpeakersChanged`).
+    Speakers(Vec<proto::SpeakerInfo>),
     /// A bound track's media ended (unpublished by renegotiation).
     TrackEnded {
         /// The track's sid.
