@@ -533,8 +533,14 @@ class Client:
 
         return record
 
-    async def connect(self, url: str, token: str, timeout: float = CONNECT_TIMEOUT) -> None:
-        await asyncio.wait_for(self.room.connect(url, token), timeout)
+    async def connect(
+        self,
+        url: str,
+        token: str,
+        timeout: float = CONNECT_TIMEOUT,
+        options: Optional[rtc.RoomOptions] = None,
+    ) -> None:
+        await asyncio.wait_for(self.room.connect(url, token, options or rtc.RoomOptions()), timeout)
 
     def seen(self, name: str, where: Optional[Callable[[Event], bool]] = None) -> list[Event]:
         return [e for e in self.events if e.name == name and (where is None or where(e))]

@@ -1001,3 +1001,51 @@ async def test_active_speakers_follow_the_audio(server: Server) -> None:
             )
         finally:
             await sender.stop()
+
+
+async def frames_encoded_by_rid(track: rtc.LocalVideoTrack) -> dict[str, int]:
+    stats = await track.get_stats()
+    return {
+        s.outbound_rtp.outbound.rid: s.outbound_rtp.outbound.frames_encoded
+        for s in stats
+        if s.HasField("outbound_rtp") and s.outbound_rtp.outbound.rid
+    }
+
+
+async def test_dynacast_stops_the_layers_nobody_receives(server: Server) -> None:
+    """SubscribedQualityUpdate: a publisher with dynacast on stops encoding the layers no
+    subscriber receives, and starts again when one asks for them."""
+    room = unique("dynacast")
+    async with Clients(server) as clients:
+        alice = clients.new("alice")
+        await alice.connect(
+            server.ws_url, server.token("alice", room), options=rtc.RoomOptions(dynacast=True)
+        )
+        bob = await clients.join(room, "bob")
+        await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
+        sender = SolidVideoSender(SIMULCAST_W, SIMULCAST_H, VIDEO_RGBA, name="cam").start()
+        try:
+            options = rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True, video_codec=rtc.VideoCodec.VP8
+            )
+            publication = await publish_track(alice, sender.track, options)
+            subscribed = await wait_track_subscribed(bob, publication.sid)
+            track = sender.track
+
+            async def growing(rid: str, seconds: float = 1.5) -> bool:
+                before = (await frames_encoded_by_rid(track)).get(rid, 0)
+                await asyncio.sleep(seconds)
+                return (await frames_encoded_by_rid(track)).get(rid, 0) > before
+
+            await wait_until(lambda: growing("f"), timeout=MEDIA_TIMEOUT, what="f to be encoded")
+            subscribed.args[1].set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+            # Bob takes only q now: the publisher is told, and stops h and f.
+            async def f_stopped() -> bool:
+                return not await growing("f")
+
+            await wait_until(f_stopped, timeout=MEDIA_TIMEOUT, what="f to stop being encoded")
+            assert await growing("q"), "q keeps being encoded for bob"
+            subscribed.args[1].set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+            await wait_until(lambda: growing("f"), timeout=MEDIA_TIMEOUT, what="f to come back")
+        finally:
+            await sender.stop()

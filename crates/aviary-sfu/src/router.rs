@@ -586,6 +586,22 @@ impl Router {
         }
     }
 
+    /// For a simulcast producer, the highest layer any of its running consumers may want
+    /// (`None` when none does): what its publisher needs to encode. `None` for a producer
+    /// without simulcast.
+    pub fn wanted_layer(&self, producer: ProducerId) -> Option<Option<usize>> {
+        let p = self.producers.get(&producer).filter(|p| p.is_simulcast())?;
+        let top = p.layers.len().saturating_sub(1);
+        Some(
+            p.consumers
+                .iter()
+                .filter_map(|c| self.consumers.get(c))
+                .filter(|c| !c.paused)
+                .map(|c| c.preferred_layer.min(top))
+                .max(),
+        )
+    }
+
     /// Audio producers speaking now, with their level (0..=1, 1 loudest), loudest first.
     pub fn speakers(&self, now: Instant) -> Vec<(ProducerId, f32)> {
         let mut speaking: Vec<(ProducerId, f32)> = self

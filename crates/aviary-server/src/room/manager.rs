@@ -777,6 +777,13 @@ impl RoomManager {
         })
     }
 
+    /// One of a participant's published tracks.
+    pub fn track_info(&self, room: &str, sid: &str, track_sid: &str) -> Option<proto::TrackInfo> {
+        let rooms = self.lock();
+        let p = rooms.get(room)?.by_sid(sid)?;
+        p.info.tracks.iter().find(|t| t.sid == track_sid).cloned()
+    }
+
     /// RoomService.RemoveParticipant: the participant is told to leave.
     pub fn remove_participant(&self, room: &str, identity: &str) -> Result<(), ServiceError> {
         self.with_room(room, |r| {

@@ -5,7 +5,7 @@
 
 mod manager;
 mod participant;
-mod quality;
+pub(crate) mod quality;
 
 pub use manager::{JoinError, JoinRequest, Joined, RoomManager, ServiceError};
 pub use participant::{Participant, SessionMessage};

@@ -10,8 +10,9 @@ use livekit_protocol as proto;
 /// a 350-pixel-high element does not pull the 720p layer for want of 10 pixels.
 const SIZE_TOLERANCE: f32 = 0.9;
 
-/// The highest layer index `req` allows for `track`; `usize::MAX` means no cap.
-pub fn max_layer(track: &proto::TrackInfo, req: &proto::UpdateTrackSettings) -> usize {
+/// The track's layers from lowest to highest quality; that order is the media core's
+/// layer numbering.
+fn layers(track: &proto::TrackInfo) -> Vec<&proto::VideoLayer> {
     // Current clients describe layers per codec; older ones in the deprecated field.
     #[allow(deprecated)]
     let described = match track.codecs.iter().find(|c| !c.layers.is_empty()) {
@@ -19,10 +20,16 @@ pub fn max_layer(track: &proto::TrackInfo, req: &proto::UpdateTrackSettings) -> 
         None => &track.layers,
     };
     let mut layers: Vec<&proto::VideoLayer> = described.iter().collect();
+    layers.sort_by_key(|l| l.quality);
+    layers
+}
+
+/// The highest layer index `req` allows for `track`; `usize::MAX` means no cap.
+pub fn max_layer(track: &proto::TrackInfo, req: &proto::UpdateTrackSettings) -> usize {
+    let layers = layers(track);
     if layers.len() < 2 {
         return usize::MAX;
     }
-    layers.sort_by_key(|l| l.quality);
     if req.width > 0 || req.height > 0 {
         // Portrait video is judged by its width, landscape by its height.
         let portrait = track.width < track.height;
@@ -37,6 +44,43 @@ pub fn max_layer(track: &proto::TrackInfo, req: &proto::UpdateTrackSettings) -> 
         .iter()
         .rposition(|l| l.quality <= req.quality)
         .unwrap_or(0)
+}
+
+/// The `SubscribedQualityUpdate` for a publisher when layers up to `max_layer` (or none)
+/// are received: each of the track's qualities, enabled or not.
+pub fn subscribed_qualities(
+    track: &proto::TrackInfo,
+    max_layer: Option<usize>,
+) -> proto::SubscribedQualityUpdate {
+    let described: Vec<i32> = layers(track).iter().map(|l| l.quality).collect();
+    let qualities: Vec<i32> = if described.is_empty() {
+        use proto::VideoQuality::{High, Low, Medium};
+        vec![Low as i32, Medium as i32, High as i32]
+    } else {
+        described
+    };
+    let subscribed: Vec<proto::SubscribedQuality> = qualities
+        .iter()
+        .enumerate()
+        .map(|(i, &quality)| proto::SubscribedQuality {
+            quality,
+            enabled: max_layer.is_some_and(|max| i <= max),
+        })
+        .collect();
+    let codec = track
+        .mime_type
+        .split_once('/')
+        .map_or(track.mime_type.as_str(), |(_, c)| c)
+        .to_ascii_lowercase();
+    #[allow(deprecated)]
+    proto::SubscribedQualityUpdate {
+        track_sid: track.sid.clone(),
+        subscribed_qualities: subscribed.clone(),
+        subscribed_codecs: vec![proto::SubscribedCodec {
+            codec,
+            qualities: subscribed,
+        }],
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +142,38 @@ mod tests {
             max_layer(&track(), &settings(Low, 4000, 3000)),
             2,
             "size wins"
+        );
+    }
+
+    #[test]
+    fn subscribed_qualities_enable_the_layers_up_to_the_wanted_one() {
+        let mut t = track();
+        t.sid = "TR_x".into();
+        t.mime_type = "video/VP8".into();
+        let enabled = |u: &proto::SubscribedQualityUpdate| -> Vec<bool> {
+            u.subscribed_codecs[0]
+                .qualities
+                .iter()
+                .map(|q| q.enabled)
+                .collect()
+        };
+        let some = subscribed_qualities(&t, Some(1));
+        assert_eq!(some.track_sid, "TR_x");
+        assert_eq!(some.subscribed_codecs[0].codec, "vp8");
+        let order: Vec<i32> = some.subscribed_codecs[0]
+            .qualities
+            .iter()
+            .map(|q| q.quality)
+            .collect();
+        assert_eq!(order, [Low as i32, Medium as i32, High as i32]);
+        assert_eq!(enabled(&some), [true, true, false]);
+        assert_eq!(
+            enabled(&subscribed_qualities(&t, None)),
+            [false, false, false]
+        );
+        assert_eq!(
+            enabled(&subscribed_qualities(&t, Some(9))),
+            [true, true, true]
         );
     }
 

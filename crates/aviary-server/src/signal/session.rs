@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::codec::{Frame, decode_request, encode_response};
 use crate::room::{
-    DisconnectReason, Joined, RoomManager, ServiceError, SessionMessage, reconnect_request,
+    DisconnectReason, Joined, RoomManager, ServiceError, SessionMessage, quality, reconnect_request,
 };
 use crate::worker::{MediaEvent, PeerKey, WorkerCommand, WorkerHandle};
 
@@ -417,6 +417,20 @@ impl Session {
                     "media connection lost; asking the client to reconnect"
                 );
                 self.reconnect = true;
+            }
+            MediaEvent::SubscribedLayers {
+                track_sid,
+                max_layer,
+            } => {
+                let track =
+                    self.ctx
+                        .manager
+                        .track_info(&self.room_name, &self.key.participant, &track_sid);
+                if let Some(track) = track {
+                    out.push(response(Resp::SubscribedQualityUpdate(
+                        quality::subscribed_qualities(&track, max_layer),
+                    )));
+                }
             }
             MediaEvent::Speakers(speakers) => {
                 out.push(response(Resp::SpeakersChanged(proto::SpeakersChanged {

@@ -76,6 +76,8 @@ struct RoomMedia {
     dropped_lossy: u64,
     /// Participants announced as speaking, with their level.
     speakers: HashMap<String, f32>,
+    /// Producer → the highest layer its publisher was last told is wanted.
+    announced_layers: HashMap<ProducerId, Option<usize>>,
     /// What was last added to the metrics from this room's router.
     reported: RouterStats,
     reported_dropped_lossy: u64,
@@ -281,6 +283,7 @@ impl Worker {
                 last_speakers = now;
                 for room in self.rooms.values_mut() {
                     announce_speakers(room, now);
+                    announce_wanted_layers(room);
                 }
             }
             let deadline = self
@@ -675,6 +678,7 @@ impl Worker {
                 generations: HashMap::new(),
                 settings: HashMap::new(),
                 speakers: HashMap::new(),
+                announced_layers: HashMap::new(),
                 dropped_lossy: 0,
                 reported: RouterStats::default(),
                 reported_dropped_lossy: 0,
@@ -1010,6 +1014,7 @@ fn handle_event(
             if let Some(track_sid) = room.producer_tracks.remove(&producer) {
                 room.consumers.retain(|(_, t), _| *t != track_sid);
                 room.settings.retain(|(_, t), _| *t != track_sid);
+                room.announced_layers.remove(&producer);
                 if let Some((_, publisher)) = room.tracks.remove(&track_sid)
                     && let Some(peer) = room.peers.get(&publisher)
                 {
@@ -1135,6 +1140,30 @@ fn announce_speakers(room: &mut RoomMedia, now: Instant) {
     room.speakers = speaking.into_iter().collect();
     for peer in room.peers.values() {
         let _ = peer.events.send(MediaEvent::Speakers(changed.clone()));
+    }
+}
+
+/// Dynacast: tells each simulcast publisher, when it changed, which of its layers anyone
+/// receives, so that its SDK (with dynacast on) encodes only those.
+fn announce_wanted_layers(room: &mut RoomMedia) {
+    for (producer, track_sid) in &room.producer_tracks {
+        let Some(wanted) = room.router.wanted_layer(*producer) else {
+            continue;
+        };
+        if room.announced_layers.get(producer) == Some(&wanted) {
+            continue;
+        }
+        room.announced_layers.insert(*producer, wanted);
+        if let Some(peer) = room
+            .tracks
+            .get(track_sid)
+            .and_then(|(_, publisher)| room.peers.get(publisher))
+        {
+            let _ = peer.events.send(MediaEvent::SubscribedLayers {
+                track_sid: track_sid.clone(),
+                max_layer: wanted,
+            });
+        }
     }
 }
 

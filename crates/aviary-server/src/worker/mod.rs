@@ -158,6 +158,14 @@ pub enum MediaEvent {
     NegotiationFailed(TransportDirection, String),
     /// The publisher's offer added a stream; the session binds it to a track.
     ProducerCreated(ProducedMedia),
+    /// Which simulcast layers of a published track someone receives: up to `max_layer`
+    /// (0 is the lowest), or none (dynacast: the publisher may stop encoding the rest).
+    SubscribedLayers {
+        /// The track's sid.
+        track_sid: String,
+        /// The highest layer wanted, if any.
+        max_layer: Option<usize>,
+    },
     /// Who started or stopped speaking in the room (LiveKit's `SpeakersChanged`).
     Speakers(Vec<proto::SpeakerInfo>),
     /// A bound track's media ended (unpublished by renegotiation).
