@@ -225,3 +225,22 @@ fn a_resumed_consumer_waits_for_a_keyframe() {
     t.frames(&[0, 1, 2], &[2], 1);
     assert_eq!(t.received().len(), before + 1);
 }
+
+#[test]
+fn the_wanted_layer_follows_the_consumers_preferences() {
+    let mut t = Layers::new(14);
+    let (producer, _) = t.sim.producers()[0];
+    assert_eq!(
+        t.sim.router.wanted_layer(producer),
+        Some(Some(2)),
+        "the highest by default"
+    );
+    t.sim.router.set_preferred_layer(t.consumer, 1).unwrap();
+    assert_eq!(t.sim.router.wanted_layer(producer), Some(Some(1)));
+    // Wanting more than the producer has is wanting its highest.
+    t.sim.router.set_preferred_layer(t.consumer, 9).unwrap();
+    assert_eq!(t.sim.router.wanted_layer(producer), Some(Some(2)));
+    // A paused consumer wants nothing: the publisher may stop every layer.
+    t.sim.router.pause_consumer(t.consumer, true).unwrap();
+    assert_eq!(t.sim.router.wanted_layer(producer), Some(None));
+}

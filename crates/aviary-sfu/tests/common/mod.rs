@@ -262,6 +262,30 @@ impl Sim {
         self.send_rtp_layer(idx, mid, None, seq, ts, payload);
     }
 
+    /// Writes one audio packet carrying an RFC 6464 audio level (-127..=0 dBov).
+    pub fn send_rtp_level(&mut self, idx: usize, mid: Mid, seq: u64, ts: u32, level: i8) {
+        let now = self.now;
+        let c = &mut self.clients[idx];
+        let pt = c
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+            .pt();
+        let mut api = c.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("send stream");
+        tx.write_rtp(
+            RtpWrite::new(pt, seq.into(), ts, now, vec![0xf8, 0xff, 0xfe])
+                .marker(true)
+                .ext_vals(ExtensionValues {
+                    audio_level: Some(level),
+                    voice_activity: Some(true),
+                    ..Default::default()
+                }),
+        );
+        self.drain_client(idx);
+    }
+
     /// Writes one RTP packet from a publisher client on `mid`, simulcast layer `rid`.
     pub fn send_rtp_layer(
         &mut self,
