@@ -455,13 +455,8 @@ impl Router {
     }
 
     /// A subscriber with no layer yet asked for a keyframe: the layer it waits for is asked.
-    fn request_target_keyframe(&mut self, producer: ProducerId, transport: TransportId, mid: Mid) {
+    fn request_target_keyframe(&mut self, producer: ProducerId, preferred: usize) {
         let now = self.now;
-        let preferred = self
-            .consumer_by_mid
-            .get(&(transport, mid))
-            .and_then(|c| self.consumers.get(c))
-            .map_or(usize::MAX, |c| c.preferred_layer);
         let target = self.producers.get(&producer).and_then(|p| {
             if p.is_simulcast() {
                 target_layer(&p.layers, preferred, now)
@@ -693,11 +688,11 @@ impl Router {
                         .consumer_by_mid
                         .get(&(transport, mid))
                         .and_then(|c| self.consumers.get(c))
-                        .map(|c| (c.producer, c.layer));
-                    if let Some((p, layer)) = wanted {
+                        .map(|c| (c.producer, c.layer, c.preferred_layer));
+                    if let Some((p, layer, preferred)) = wanted {
                         match layer {
                             Some(l) => self.request_layer_keyframe(p, l),
-                            None => self.request_target_keyframe(p, transport, mid),
+                            None => self.request_target_keyframe(p, preferred),
                         }
                     }
                 }

@@ -1,6 +1,6 @@
 //! One worker thread: its socket, its rooms' routers, and the demultiplexer between them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -74,8 +74,8 @@ struct RoomMedia {
     settings: HashMap<(String, String), (bool, usize)>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
-    /// Participants announced as speaking, with their level.
-    speakers: HashMap<String, f32>,
+    /// Participants announced as speaking.
+    speakers: HashSet<String>,
     /// Producer → the highest layer its publisher was last told is wanted.
     announced_layers: HashMap<ProducerId, Option<usize>>,
     /// What was last added to the metrics from this room's router.
@@ -677,7 +677,7 @@ impl Worker {
                 consumers: HashMap::new(),
                 generations: HashMap::new(),
                 settings: HashMap::new(),
-                speakers: HashMap::new(),
+                speakers: HashSet::new(),
                 announced_layers: HashMap::new(),
                 dropped_lossy: 0,
                 reported: RouterStats::default(),
@@ -1113,9 +1113,7 @@ fn announce_speakers(room: &mut RoomMedia, now: Instant) {
         }
     }
     let same = speaking.len() == room.speakers.len()
-        && speaking
-            .iter()
-            .all(|(sid, _)| room.speakers.contains_key(sid));
+        && speaking.iter().all(|(sid, _)| room.speakers.contains(sid));
     if same {
         return;
     }
@@ -1129,7 +1127,7 @@ fn announce_speakers(room: &mut RoomMedia, now: Instant) {
         .collect();
     changed.extend(
         room.speakers
-            .keys()
+            .iter()
             .filter(|sid| !speaking.iter().any(|(s, _)| s == *sid))
             .map(|sid| proto::SpeakerInfo {
                 sid: sid.clone(),
@@ -1137,7 +1135,7 @@ fn announce_speakers(room: &mut RoomMedia, now: Instant) {
                 active: false,
             }),
     );
-    room.speakers = speaking.into_iter().collect();
+    room.speakers = speaking.into_iter().map(|(sid, _)| sid).collect();
     for peer in room.peers.values() {
         let _ = peer.events.send(MediaEvent::Speakers(changed.clone()));
     }
