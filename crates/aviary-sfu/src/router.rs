@@ -55,8 +55,15 @@ pub enum Output {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
-    /// ICE and DTLS are up on this transport.
+    /// ICE and DTLS are up on this transport (again, after [`Event::TransportDisconnected`]).
     TransportConnected {
+        /// Which transport.
+        transport: TransportId,
+    },
+    /// ICE lost the client (no connectivity checks for a while). The transport stays: the
+    /// client may restart ICE and come back ([`Event::TransportConnected`] again); how long
+    /// to wait is the owner's decision.
+    TransportDisconnected {
         /// Which transport.
         transport: TransportId,
     },
@@ -73,6 +80,8 @@ pub enum Event {
         transport: TransportId,
         /// The offer's SDP.
         sdp: String,
+        /// It restarts ICE (new credentials; see [`Router::restart_ice`]).
+        ice_restart: bool,
     },
     /// A LiveKit data channel opened.
     DataChannelOpen {
@@ -286,6 +295,25 @@ impl Router {
         let result = result.map(|assigned| self.assign_mids(id, assigned));
         self.after(id);
         result
+    }
+
+    /// Restarts ICE on a subscriber transport: a new offer with fresh local credentials
+    /// follows as [`Event::OfferReady`], carrying every change the client has not answered
+    /// yet. Returns the new local ufrag, which the caller must route to this transport from
+    /// now on (the old one stays valid until the client answers).
+    pub fn restart_ice(&mut self, id: TransportId) -> Result<String, NegotiateError> {
+        let t = self
+            .transports
+            .get_mut(&id)
+            .ok_or(NegotiateError::NotFound(id))?;
+        if t.direction() != TransportDirection::Subscriber {
+            return Err(NegotiateError::WrongDirection(id));
+        }
+        let assigned = t.restart_ice(&mut self.sink);
+        let ufrag = t.ice_ufrag().to_string();
+        self.assign_mids(id, assigned);
+        self.after(id);
+        Ok(ufrag)
     }
 
     /// Adds a trickled remote candidate (`candidate:...` line). Empty means end of candidates.
@@ -772,7 +800,10 @@ impl Router {
     fn assign_mids(&mut self, transport: TransportId, assigned: Vec<(ConsumerId, Mid)>) {
         for (consumer, mid) in assigned {
             if let Some(c) = self.consumers.get_mut(&consumer) {
-                c.mid = Some(mid);
+                // Offered again after an ICE restart dropped the unanswered offer.
+                if let Some(old) = c.mid.replace(mid) {
+                    self.consumer_by_mid.remove(&(transport, old));
+                }
                 self.consumer_by_mid.insert((transport, mid), consumer);
             }
         }

@@ -127,8 +127,6 @@ pub enum CloseReason {
     Local,
     /// str0m reported an error; the text says which.
     Failed(String),
-    /// ICE lost the peer.
-    IceDisconnected,
 }
 
 /// Bound on a data channel's send buffer; past it, messages are dropped rather than queued,
@@ -136,7 +134,7 @@ pub enum CloseReason {
 const MAX_BUFFERED_DATA: usize = 1024 * 1024;
 
 /// A change to a subscriber's session that needs an offer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Change {
     /// The `_reliable` and `_lossy` channels.
     ServerChannels,
@@ -147,8 +145,16 @@ enum Change {
         stream_id: String,
         track_id: String,
     },
-    /// Stop sending on an m-line (its consumer closed).
-    StopMedia(Mid),
+    /// Stop sending on a consumer's m-line (the consumer closed).
+    StopMedia { consumer: ConsumerId, mid: Mid },
+}
+
+/// Our offer awaiting its answer: str0m's token, and the changes it carries, kept so that
+/// an ICE restart can offer them again if this offer is never answered.
+struct InFlight {
+    pending: SdpPendingOffer,
+    changes: Vec<Change>,
+    sdp: String,
 }
 
 /// One peer connection.
@@ -160,12 +166,19 @@ pub struct Transport {
     pub(crate) next_timeout: Option<Instant>,
     /// Written to while forwarding the current packet; driven once when it is done.
     pub(crate) touched: bool,
-    pending_offer: Option<SdpPendingOffer>,
+    pending_offer: Option<InFlight>,
     /// Changes waiting for the next offer. str0m drops changes made on an `SdpApi` that is
     /// not applied, so they are kept here and replayed when the offer is made.
     changes: Vec<Change>,
+    /// The next offer restarts ICE (new local credentials).
+    restart_ice: bool,
+    /// An answer (subscriber) or offer (publisher) from the client was applied: ICE knows
+    /// the client's credentials, so a restart means something.
+    negotiated: bool,
     channels: [Option<ChannelId>; 2],
     connected: bool,
+    /// ICE lost the client after it had connected; cleared when it comes back.
+    ice_lost: bool,
     pub(crate) closed: Option<CloseReason>,
     /// Last cumulative (NACKs, PLIs+FIRs) str0m reported per send m-line.
     egress_feedback: std::collections::HashMap<Mid, (u64, u64)>,
@@ -185,8 +198,11 @@ impl Transport {
             touched: false,
             pending_offer: None,
             changes: Vec::new(),
+            restart_ice: false,
+            negotiated: false,
             channels: [None, None],
             connected: false,
+            ice_lost: false,
             closed: None,
             egress_feedback: std::collections::HashMap::new(),
             nacks_received: 0,
@@ -204,7 +220,9 @@ impl Transport {
         self.direction
     }
 
-    /// The local ICE ufrag, as given in its options.
+    /// The local ICE ufrag: as given in its options until an ICE restart changes it (the
+    /// ufrag of a restart we offered counts from the offer on, as the client may use it
+    /// from then).
     pub fn ice_ufrag(&self) -> &str {
         &self.ice_ufrag
     }
@@ -217,6 +235,11 @@ impl Transport {
     /// True while an offer of ours awaits its answer.
     pub fn has_pending_offer(&self) -> bool {
         self.pending_offer.is_some()
+    }
+
+    /// True while ICE has lost the client (after having connected).
+    pub fn is_ice_lost(&self) -> bool {
+        self.ice_lost
     }
 
     /// Server-side data channels, created on a subscriber before its first offer.
@@ -243,11 +266,57 @@ impl Transport {
     /// Stops a consumer's m-line, or drops its queued addition if it was never offered.
     pub(crate) fn remove_consumer_media(&mut self, consumer: ConsumerId, mid: Option<Mid>) {
         match mid {
-            Some(mid) => self.changes.push(Change::StopMedia(mid)),
+            Some(mid) => self.changes.push(Change::StopMedia { consumer, mid }),
             None => self
                 .changes
                 .retain(|c| !matches!(c, Change::AddMedia { consumer: id, .. } if *id == consumer)),
         }
+    }
+
+    /// Restarts ICE with new local credentials: the next offer carries them, together with
+    /// every change not answered yet (an offer in flight is dropped and its changes offered
+    /// again, since a client that lost its signaling may never have seen it). Returns the
+    /// mids given to consumers' m-lines, which may differ from those of the dropped offer.
+    ///
+    /// Before the client ever answered there is no ICE session to restart: the offer in
+    /// flight, if any, is sent again as it was.
+    pub(crate) fn restart_ice(&mut self, sink: &mut Sink) -> Vec<(ConsumerId, Mid)> {
+        if !self.negotiated {
+            if let Some(f) = &self.pending_offer {
+                sink.out.push_back(Output::Event(Event::OfferReady {
+                    transport: self.id,
+                    sdp: f.sdp.clone(),
+                    ice_restart: false,
+                }));
+            }
+            return Vec::new();
+        }
+        if let Some(f) = self.pending_offer.take() {
+            let mut changes = f.changes;
+            // A consumer added by the dropped offer and closed since needs neither change.
+            let gone: Vec<ConsumerId> = self
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::StopMedia { consumer, .. } if adds(&changes, *consumer) => {
+                        Some(*consumer)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let keep = |c: &Change| match c {
+                Change::AddMedia { consumer, .. } | Change::StopMedia { consumer, .. } => {
+                    !gone.contains(consumer)
+                }
+                Change::ServerChannels => true,
+            };
+            changes.retain(keep);
+            self.changes.retain(keep);
+            changes.append(&mut self.changes);
+            self.changes = changes;
+        }
+        self.restart_ice = true;
+        self.offer_if_needed(sink)
     }
 
     /// Makes an offer from the pending changes unless one is already in flight; changes made
@@ -255,11 +324,16 @@ impl Transport {
     /// consumers' new m-lines.
     pub(crate) fn offer_if_needed(&mut self, sink: &mut Sink) -> Vec<(ConsumerId, Mid)> {
         let mut assigned = Vec::new();
-        if self.pending_offer.is_some() || self.changes.is_empty() {
+        if self.pending_offer.is_some() || (self.changes.is_empty() && !self.restart_ice) {
             return assigned;
         }
+        let changes = std::mem::take(&mut self.changes);
+        let ice_restart = std::mem::take(&mut self.restart_ice);
         let mut api = self.rtc.sdp_api();
-        for change in self.changes.drain(..) {
+        if ice_restart {
+            self.ice_ufrag = api.ice_restart(true).ufrag;
+        }
+        for change in changes.iter().cloned() {
             match change {
                 Change::ServerChannels => {
                     for kind in [DataKind::Reliable, DataKind::Lossy] {
@@ -292,14 +366,20 @@ impl Transport {
                     );
                     assigned.push((consumer, mid));
                 }
-                Change::StopMedia(mid) => api.set_direction(mid, Direction::Inactive),
+                Change::StopMedia { mid, .. } => api.set_direction(mid, Direction::Inactive),
             }
         }
         if let Some((offer, pending)) = api.apply() {
-            self.pending_offer = Some(pending);
+            let sdp = offer.to_sdp_string();
+            self.pending_offer = Some(InFlight {
+                pending,
+                changes,
+                sdp: sdp.clone(),
+            });
             sink.out.push_back(Output::Event(Event::OfferReady {
                 transport: self.id,
-                sdp: offer.to_sdp_string(),
+                sdp,
+                ice_restart,
             }));
         }
         self.drive(sink);
@@ -321,6 +401,10 @@ impl Transport {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| NegotiateError::Refused(e.to_string()))?;
+        self.negotiated = true;
+        // An offer with new ICE credentials restarts ICE, and str0m answers it with new ones
+        // of its own.
+        self.ice_ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
         self.drive(sink);
         Ok(answer.to_sdp_string())
     }
@@ -333,13 +417,14 @@ impl Transport {
     ) -> Result<Vec<(ConsumerId, Mid)>, NegotiateError> {
         let answer = SdpAnswer::from_sdp_string(sdp)
             .map_err(|e| NegotiateError::Malformed(e.to_string()))?;
-        let pending = self
+        let in_flight = self
             .pending_offer
             .take()
             .ok_or(NegotiateError::NoPendingOffer(self.id))?;
-        let result = self.rtc.sdp_api().accept_answer(pending, answer);
+        let result = self.rtc.sdp_api().accept_answer(in_flight.pending, answer);
         self.drive(sink);
         result.map_err(|e| NegotiateError::Refused(e.to_string()))?;
+        self.negotiated = true;
         Ok(self.offer_if_needed(sink))
     }
 
@@ -433,8 +518,21 @@ impl Transport {
             }
             str0m::Event::IceConnectionStateChange(state) => {
                 debug!(%transport, ?state, "ice state");
-                if state == IceConnectionState::Disconnected && self.connected {
-                    self.closed = Some(CloseReason::IceDisconnected);
+                // A client that lost its network may come back (it restarts ICE after a
+                // resume), so losing ICE does not close the transport: its owner decides
+                // how long to wait.
+                match state {
+                    IceConnectionState::Disconnected if self.connected && !self.ice_lost => {
+                        self.ice_lost = true;
+                        out.push_back(Output::Event(Event::TransportDisconnected { transport }));
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                        if self.ice_lost =>
+                    {
+                        self.ice_lost = false;
+                        out.push_back(Output::Event(Event::TransportConnected { transport }));
+                    }
+                    _ => {}
                 }
             }
             str0m::Event::ChannelOpen(id, label) => {
@@ -477,4 +575,11 @@ impl Transport {
             other => trace!(%transport, ?other, "unhandled rtc event"),
         }
     }
+}
+
+/// Whether `changes` adds an m-line for `consumer`.
+fn adds(changes: &[Change], consumer: ConsumerId) -> bool {
+    changes
+        .iter()
+        .any(|c| matches!(c, Change::AddMedia { consumer: id, .. } if *id == consumer))
 }

@@ -237,7 +237,7 @@ impl Sim {
             .router_events
             .iter()
             .filter_map(|e| match e {
-                Event::OfferReady { transport, sdp } => Some((*transport, sdp.clone())),
+                Event::OfferReady { transport, sdp, .. } => Some((*transport, sdp.clone())),
                 _ => None,
             })
             .collect();
