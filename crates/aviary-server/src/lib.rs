@@ -7,14 +7,16 @@ pub mod auth;
 pub mod config;
 pub mod guid;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod room;
 pub mod signal;
+pub mod webhook;
 pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -22,7 +24,7 @@ use tracing::{info, warn};
 use crate::auth::KeyProvider;
 use crate::config::Config;
 use crate::http::AppState;
-use crate::room::{DisconnectReason, RoomManager};
+use crate::room::{EventListener, RoomManager, RoomSettings};
 use crate::worker::{WorkerConfig, WorkerPool};
 
 /// Why the server could not start.
@@ -34,6 +36,9 @@ pub enum ServeError {
     /// A socket could not be bound or a thread not started.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Webhooks are configured wrong.
+    #[error("{0}")]
+    Webhook(#[from] webhook::WebhookError),
 }
 
 /// The IP put into ICE candidates: configured, or loopback when only loopback is served, or
@@ -59,6 +64,13 @@ pub fn node_ip(config: &Config) -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
+/// Time rooms get to tell their participants and close at shutdown.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// Time signal links get to send their last messages at shutdown.
+const LINK_FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// Time queued webhooks (`room_finished` among them) get to go out at shutdown.
+const WEBHOOK_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -79,18 +91,37 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         first_udp_port = workers.get(0).udp_addr.port(),
         "media workers started"
     );
-    let manager = Arc::new(RoomManager::new(
+    let settings = RoomSettings::new(
         config.room.clone(),
         config.limit.clone(),
         config.region.clone(),
-        workers.handles(),
-    ));
+        guid::new_id(guid::NODE_PREFIX),
+    );
+    let notifier = if config.webhook.urls.is_empty() {
+        None
+    } else {
+        let n = webhook::Notifier::new(
+            config.webhook.urls.clone(),
+            &config.webhook.api_key,
+            &config.keys,
+            metrics.webhooks.clone(),
+        )?;
+        info!(urls = ?config.webhook.urls, "webhooks on");
+        Some(n)
+    };
+    let listeners: Vec<Arc<dyn EventListener>> = notifier
+        .iter()
+        .map(|n| Arc::new(n.clone()) as Arc<dyn EventListener>)
+        .collect();
+    let manager = Arc::new(RoomManager::new(settings, workers.handles(), listeners));
     let workers = Arc::new(workers);
     let state = AppState {
         manager: manager.clone(),
         keys: Arc::new(KeyProvider::new(config.keys.clone())),
         workers: workers.clone(),
+        links: signal::Links::default(),
     };
+    let links = state.links.clone();
     let app = http::app(state);
 
     let binds: Vec<String> = if config.bind_addresses.is_empty() {
@@ -149,26 +180,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
 
-    let sweeper = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                manager.sweep(Instant::now());
-            }
-        })
-    };
-
     tokio::select! {
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = shutdown_signal() => info!("shutting down: telling every participant; a second signal exits at once"),
         Some(r) = servers.join_next() => warn!("http server stopped: {r:?}"),
     }
-    manager.close_all(DisconnectReason::ServerShutdown);
-    // Give sessions a moment to flush their LeaveRequests.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    sweeper.abort();
+    // Nothing new is taken from here on.
     servers.abort_all();
+    tokio::spawn(async {
+        shutdown_signal().await;
+        warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    manager.close_all(SHUTDOWN_DEADLINE).await;
+    // Links send the LeaveRequests their rooms queued, then close.
+    links.wait_idle(LINK_FLUSH_DEADLINE).await;
+    if let Some(n) = &notifier {
+        n.flush(WEBHOOK_FLUSH_DEADLINE).await;
+    }
     if let Ok(pool) = Arc::try_unwrap(workers) {
         pool.shutdown();
     }

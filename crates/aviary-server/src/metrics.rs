@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::room::RoomManager;
+use crate::webhook::WebhookMetrics;
 
 /// The `worker` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +76,8 @@ pub struct Metrics {
     published_tracks: Gauge,
     /// Per-worker handles, by index.
     pub workers: Vec<WorkerMetrics>,
+    /// Webhook deliveries.
+    pub webhooks: WebhookMetrics,
 }
 
 fn delay_buckets() -> impl Iterator<Item = f64> {
@@ -99,6 +102,22 @@ impl Metrics {
             "published_tracks",
             "Tracks published on this node",
             published_tracks.clone(),
+        );
+        let webhooks = WebhookMetrics::default();
+        registry.register(
+            "webhooks_sent",
+            "Webhook events delivered",
+            webhooks.sent.clone(),
+        );
+        registry.register(
+            "webhooks_failed",
+            "Webhook events given up after every retry failed",
+            webhooks.failed.clone(),
+        );
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped unsent (queue full or too old)",
+            webhooks.dropped.clone(),
         );
         macro_rules! family {
             ($name:literal, $help:literal, $t:ty) => {{
@@ -187,6 +206,7 @@ impl Metrics {
             participants,
             published_tracks,
             workers,
+            webhooks,
         })
     }
 

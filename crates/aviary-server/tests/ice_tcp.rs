@@ -26,6 +26,10 @@ fn subscriber_connects_over_tcp_only() {
     let server_tcp = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), tcp_addr.port());
 
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    pool.get(0).send(WorkerCommand::OpenRoom {
+        room: "RM_test".into(),
+        events: events_tx,
+    });
     pool.get(0).send(WorkerCommand::AddPeer {
         key: PeerKey {
             room: "RM_test".into(),
@@ -33,10 +37,10 @@ fn subscriber_connects_over_tcp_only() {
         },
         identity: "tcp-client".into(),
         can_publish_data: true,
-        events: events_tx,
+        last_reliable_seq: Default::default(),
     });
     let offer = match events.blocking_recv() {
-        Some(MediaEvent::SubscriberOffer(sdp)) => sdp,
+        Some(MediaEvent::SubscriberOffer { sdp, .. }) => sdp,
         other => panic!("expected an offer, got {other:?}"),
     };
     assert!(
@@ -107,7 +111,11 @@ fn subscriber_connects_over_tcp_only() {
         }
         rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
         while let Ok(e) = events.try_recv() {
-            if e == MediaEvent::Connected(aviary_sfu::TransportDirection::Subscriber) {
+            if let MediaEvent::Connected {
+                direction: aviary_sfu::TransportDirection::Subscriber,
+                ..
+            } = e
+            {
                 server_connected = true;
             }
         }

@@ -12,6 +12,7 @@ use tower_http::cors::{Any, CorsLayer};
 
 use crate::auth::KeyProvider;
 use crate::room::RoomManager;
+use crate::signal::Links;
 use crate::worker::WorkerPool;
 
 /// Everything a handler may need.
@@ -23,6 +24,8 @@ pub struct AppState {
     pub keys: Arc<KeyProvider>,
     /// Media workers.
     pub workers: Arc<WorkerPool>,
+    /// Signal links running.
+    pub links: Links,
 }
 
 /// Builds the router (tests call this and drive it without a socket).

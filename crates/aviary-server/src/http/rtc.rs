@@ -2,7 +2,7 @@
 //! that current SDKs fall back to `/rtc`).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -11,14 +11,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use livekit_protocol as proto;
-use prost::Message as _;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{AppState, bearer};
 use crate::auth::{AuthError, Claims};
-use crate::room::{JoinError, JoinRequest, reconnect_request};
-use crate::signal::{Frame, SessionContext, run_session};
+use crate::ids::ParticipantSid;
+use crate::room::admission::PING_TIMEOUT_SECS;
+use crate::room::{JoinError, JoinRequest, LinkSender, ResumeRequest, reconnect_request};
+use crate::signal::{Attachment, Frame, LINK_QUEUE, refuse, run_link};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -48,16 +49,18 @@ impl IntoResponse for RefuseError {
             RefuseError::Join(JoinError::RoomNotFound) => StatusCode::NOT_FOUND,
             RefuseError::Join(JoinError::RoomFull) => StatusCode::FORBIDDEN,
             RefuseError::Join(JoinError::TooLong { .. }) => StatusCode::BAD_REQUEST,
+            RefuseError::Join(JoinError::RoomClosed) => StatusCode::SERVICE_UNAVAILABLE,
             RefuseError::Join(_) => StatusCode::UNAUTHORIZED,
         };
         (status, self.to_string()).into_response()
     }
 }
 
-fn authorize(
+async fn authorize(
     state: &AppState,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
+    resume: bool,
 ) -> Result<Claims, RefuseError> {
     let token = params
         .get("access_token")
@@ -65,8 +68,20 @@ fn authorize(
         .or_else(|| bearer(headers))
         .unwrap_or("");
     let claims = state.keys.verify(token)?;
-    state.manager.check_join(&claims)?;
+    if resume {
+        // A resume joins nobody new: only the grant matters here; the room decides whether
+        // it still has the session.
+        state.manager.check_grant(&claims)?;
+    } else {
+        state.manager.check_join(&claims).await?;
+    }
     Ok(claims)
+}
+
+fn is_resume(params: &HashMap<String, String>) -> bool {
+    params
+        .get("reconnect")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true"))
 }
 
 async fn validate(
@@ -74,10 +89,16 @@ async fn validate(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    match authorize(&state, &params, &headers) {
+    match authorize(&state, &params, &headers, is_resume(&params)).await {
         Ok(_) => (StatusCode::OK, "success").into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// What a socket asks for once upgraded.
+enum Connect {
+    Join(JoinRequest),
+    Resume(ResumeRequest),
 }
 
 async fn rtc(
@@ -86,7 +107,8 @@ async fn rtc(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let claims = match authorize(&state, &params, &headers) {
+    let resume = is_resume(&params);
+    let claims = match authorize(&state, &params, &headers, resume).await {
         Ok(c) => c,
         Err(e) => {
             debug!("refused /rtc: {e}");
@@ -97,30 +119,27 @@ async fn rtc(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let client_protocol = params
-        .get("protocol")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    let auto_subscribe = params
-        .get("auto_subscribe")
-        .is_none_or(|v| !matches!(v.as_str(), "0" | "false"));
-    // A resume (`reconnect=1`): this server ends a session when its WebSocket closes, so
-    // there is nothing to resume; as upstream does for a participant it no longer has, the
-    // client is told to join again, which the SDKs do at once.
-    if params
-        .get("reconnect")
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true"))
-    {
-        info!(
-            identity = claims.sub,
-            "resume refused: no such session; the client is to rejoin"
-        );
-        return ws.on_upgrade(refuse_resume);
-    }
-    let request = JoinRequest {
-        claims,
-        client_protocol,
-        auto_subscribe,
+    let connect = if resume {
+        Connect::Resume(ResumeRequest {
+            claims,
+            participant_sid: params
+                .get("sid")
+                .filter(|s| !s.is_empty())
+                .map(|s| ParticipantSid::new(s.clone())),
+        })
+    } else {
+        let client_protocol = params
+            .get("protocol")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let auto_subscribe = params
+            .get("auto_subscribe")
+            .is_none_or(|v| !matches!(v.as_str(), "0" | "false"));
+        Connect::Join(JoinRequest {
+            claims,
+            client_protocol,
+            auto_subscribe,
+        })
     };
     // Signaling messages are small; tungstenite's 128 KiB default read buffer would be most
     // of an idle participant's memory, and it zeroes that much on each read attempt.
@@ -130,17 +149,7 @@ async fn rtc(
         .max_message_size(SIGNAL_MAX_MESSAGE)
         .max_frame_size(SIGNAL_MAX_MESSAGE)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| serve_socket(socket, state, request))
-}
-
-async fn refuse_resume(mut socket: WebSocket) {
-    let leave = proto::SignalResponse {
-        message: Some(proto::signal_response::Message::Leave(reconnect_request())),
-    };
-    let _ = socket
-        .send(Message::Binary(leave.encode_to_vec().into()))
-        .await;
-    let _ = socket.send(Message::Close(None)).await;
+        .on_upgrade(move |socket| serve_socket(socket, state, connect))
 }
 
 /// Largest signaling message accepted.
@@ -149,21 +158,9 @@ const SIGNAL_MAX_MESSAGE: usize = 1 << 20;
 /// Initial read buffer of a signaling WebSocket (it grows for larger messages).
 const SIGNAL_READ_BUFFER: usize = 4096;
 
-async fn serve_socket(socket: WebSocket, state: AppState, request: JoinRequest) {
-    let (mut sink, stream) = socket.split();
-    let joined = match state.manager.join(request, Instant::now()) {
-        Ok(j) => j,
-        Err(e) => {
-            // Lost a race with another join (e.g. the room filled up after the check).
-            warn!("join refused after upgrade: {e}");
-            let _ = sink.send(Message::Close(None)).await;
-            return;
-        }
-    };
-    let ctx = SessionContext {
-        manager: state.manager.clone(),
-        worker: state.workers.get(joined.worker).clone(),
-    };
+async fn serve_socket(socket: WebSocket, state: AppState, connect: Connect) {
+    let _running = state.links.enter();
+    let (sink, stream) = socket.split();
     let frames_in = stream.filter_map(|m| async move {
         match m {
             Ok(Message::Binary(b)) => Some(Frame::Binary(b.to_vec())),
@@ -172,17 +169,54 @@ async fn serve_socket(socket: WebSocket, state: AppState, request: JoinRequest) 
             Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => None,
         }
     });
-    // A closed stream must end the session even if the peer never sent a Close frame.
+    // A closed stream must end the link even if the peer never sent a Close frame.
     let frames_in = Box::pin(frames_in.take_while(|f| {
         let open = *f != Frame::Close;
         async move { open }
     }));
-    let frames_out = sink.with(|f: Frame| async move {
+    let frames_out = Box::pin(sink.with(|f: Frame| async move {
         Ok::<_, axum::Error>(match f {
             Frame::Binary(b) => Message::Binary(b.into()),
             Frame::Text(t) => Message::Text(t.into()),
             Frame::Close => Message::Close(None),
         })
-    });
-    run_session(frames_in, Box::pin(frames_out), joined, ctx).await;
+    }));
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let link = LinkSender {
+        id: state.manager.next_link_id(),
+        tx,
+    };
+    let id = link.id;
+    let attached = match connect {
+        Connect::Join(req) => match state.manager.join(req, link).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Lost a race with another join (e.g. the room filled up after the check).
+                warn!("join refused after upgrade: {e}");
+                let mut frames_out = frames_out;
+                let _ = frames_out.send(Frame::Close).await;
+                return;
+            }
+        },
+        Connect::Resume(req) => match state.manager.resume(req, link).await {
+            Ok(a) => a,
+            Err(e) => {
+                // As upstream: a session it no longer has is to be joined again from scratch,
+                // which the SDKs do at once.
+                info!("resume refused: {e}; the client is to rejoin");
+                refuse(frames_out, reconnect_request()).await;
+                return;
+            }
+        },
+    };
+    let (room, participant) = attached;
+    let at = Attachment {
+        room,
+        participant,
+        link: id,
+        // Twice the timeout clients are told: a resuming SDK holds its pings back until
+        // its connections are back, which may take a ping timeout (upstream enforces none).
+        ping_timeout: Duration::from_secs(2 * PING_TIMEOUT_SECS as u64),
+    };
+    run_link(frames_in, frames_out, rx, at).await;
 }

@@ -192,13 +192,13 @@ async fn room_service(
         ))
         .into_response();
     }
-    match dispatch(&state, &method, &headers, &body) {
+    match dispatch(&state, &method, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-fn dispatch(
+async fn dispatch(
     state: &AppState,
     method: &str,
     headers: &HeaderMap,
@@ -228,47 +228,50 @@ fn dispatch(
         "DeleteRoom" => {
             let req: proto::DeleteRoomRequest = codec.decode(body)?;
             require(&claims, Needs::Create)?;
-            m.delete_room(&req.room)?;
+            m.delete_room(&req.room).await?;
             Ok(codec.encode(&proto::DeleteRoomResponse {}))
         }
         "ListParticipants" => {
             let req: proto::ListParticipantsRequest = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
             Ok(codec.encode(&proto::ListParticipantsResponse {
-                participants: m.list_participants(&req.room)?,
+                participants: m.list_participants(&req.room).await?,
             }))
         }
         "GetParticipant" => {
             let req: proto::RoomParticipantIdentity = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
-            Ok(codec.encode(&m.get_participant(&req.room, &req.identity)?))
+            Ok(codec.encode(&m.get_participant(&req.room, &req.identity).await?))
         }
         "RemoveParticipant" => {
             let req: proto::RoomParticipantIdentity = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
-            m.remove_participant(&req.room, &req.identity)?;
+            m.remove_participant(&req.room, &req.identity).await?;
             Ok(codec.encode(&proto::RemoveParticipantResponse {}))
         }
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
-            Ok(codec.encode(&m.update_participant(&req)?))
+            Ok(codec.encode(&m.update_participant(req).await?))
         }
         "UpdateRoomMetadata" => {
             let req: proto::UpdateRoomMetadataRequest = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
-            Ok(codec.encode(&m.update_room_metadata(&req.room, &req.metadata)?))
+            Ok(codec.encode(
+                &m.update_room_metadata(&req.room, req.metadata.clone())
+                    .await?,
+            ))
         }
         "MutePublishedTrack" => {
             let req: proto::MuteRoomTrackRequest = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
-            let track = m.mute_published_track(&req)?;
+            let track = m.mute_published_track(req).await?;
             Ok(codec.encode(&proto::MuteRoomTrackResponse { track: Some(track) }))
         }
         "UpdateSubscriptions" => {
             let req: proto::UpdateSubscriptionsRequest = codec.decode(body)?;
             require(&claims, Needs::Admin(&req.room))?;
-            m.update_subscriptions(&req)?;
+            m.update_subscriptions(req).await?;
             Ok(codec.encode(&proto::UpdateSubscriptionsResponse {}))
         }
         "SendData" => {
@@ -277,7 +280,7 @@ fn dispatch(
             if req.data.is_empty() {
                 return Err(TwirpError::InvalidArgument("data is required".into()));
             }
-            m.send_data(&req)?;
+            m.send_data(req).await?;
             Ok(codec.encode(&proto::SendDataResponse {}))
         }
         other => Err(TwirpError::BadRoute(format!(

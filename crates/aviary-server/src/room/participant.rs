@@ -1,25 +1,22 @@
-//! A participant as the room sees it: its public info and the channel to its session.
+//! A participant as the room sees it: its public info, its session, what it publishes and
+//! what it receives.
+
+use std::collections::HashMap;
 
 use livekit_protocol as proto;
-use livekit_protocol::signal_response::Message;
-use tokio::sync::mpsc;
 
-/// What a room tells a participant's signaling session.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SessionMessage {
-    /// Send this to the client.
-    Signal(Box<proto::SignalResponse>),
-    /// Send this `LeaveRequest`, then close the session.
-    Leave(proto::LeaveRequest),
-}
+use super::session::Session;
+use crate::ids::{Identity, ParticipantSid, TrackSid};
 
-impl SessionMessage {
-    /// Wraps one signal message.
-    pub fn signal(message: Message) -> Self {
-        SessionMessage::Signal(Box::new(proto::SignalResponse {
-            message: Some(message),
-        }))
-    }
+/// One track a participant wants to receive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// Who publishes it.
+    pub publisher: ParticipantSid,
+    /// The worker was asked to forward it (wanted, permitted, and allowed by the grant).
+    pub forwarding: bool,
+    /// The subscriber was told it may not have it (`SubscriptionPermissionUpdate`).
+    pub denied: bool,
 }
 
 /// One participant in a room.
@@ -31,18 +28,35 @@ pub struct Participant {
     pub pending_tracks: Vec<(String, proto::TrackInfo)>,
     /// Subscribe to every track published in the room.
     pub auto_subscribe: bool,
-    tx: mpsc::UnboundedSender<SessionMessage>,
+    /// What outlives its WebSocket.
+    pub session: Session,
+    /// Tracks it wants, by sid: all of them with auto-subscribe, else those it asked for.
+    pub subscriptions: HashMap<TrackSid, Subscription>,
+    /// Who may receive its tracks (`SubscriptionPermission`); `None` is everyone.
+    pub track_permissions: Option<proto::SubscriptionPermission>,
 }
 
 impl Participant {
-    /// A participant whose session listens on `tx`.
-    pub fn new(info: proto::ParticipantInfo, tx: mpsc::UnboundedSender<SessionMessage>) -> Self {
+    /// A participant with its session.
+    pub fn new(info: proto::ParticipantInfo, session: Session) -> Self {
         Self {
             info,
             pending_tracks: Vec::new(),
             auto_subscribe: true,
-            tx,
+            session,
+            subscriptions: HashMap::new(),
+            track_permissions: None,
         }
+    }
+
+    /// Its sid.
+    pub fn sid(&self) -> ParticipantSid {
+        ParticipantSid::new(self.info.sid.clone())
+    }
+
+    /// Its identity.
+    pub fn identity(&self) -> Identity {
+        Identity::new(self.info.identity.clone())
     }
 
     /// The permission it has now.
@@ -55,8 +69,89 @@ impl Participant {
         self.info.permission.as_ref().is_some_and(|p| p.hidden)
     }
 
-    /// Queues a message for the session; a session that is gone is simply not told.
-    pub fn send(&self, msg: SessionMessage) {
-        let _ = self.tx.send(msg);
+    /// Whether its grant lets it subscribe.
+    pub fn can_subscribe(&self) -> bool {
+        self.info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_subscribe)
+    }
+
+    /// One of its published tracks.
+    pub fn track(&self, sid: &str) -> Option<&proto::TrackInfo> {
+        self.info.tracks.iter().find(|t| t.sid == sid)
+    }
+
+    /// Whether `subscriber` may receive its track `track`, by its `SubscriptionPermission`.
+    /// As upstream: a permission names the subscriber by sid or by identity, and allows all
+    /// its tracks or those listed.
+    pub fn permits(&self, subscriber: &Participant, track: &str) -> bool {
+        let Some(perm) = &self.track_permissions else {
+            return true;
+        };
+        if perm.all_participants {
+            return true;
+        }
+        perm.track_permissions.iter().any(|tp| {
+            let names = (!tp.participant_sid.is_empty()
+                && tp.participant_sid == subscriber.info.sid)
+                || (!tp.participant_identity.is_empty()
+                    && tp.participant_identity == subscriber.info.identity);
+            names && (tp.all_tracks || tp.track_sids.iter().any(|t| t == track))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::session::LinkId;
+
+    fn participant(sid: &str, identity: &str) -> Participant {
+        Participant::new(
+            proto::ParticipantInfo {
+                sid: sid.into(),
+                identity: identity.into(),
+                ..Default::default()
+            },
+            Session::new(LinkId(0), std::time::Instant::now()),
+        )
+    }
+
+    #[test]
+    fn permissions_name_subscribers_by_sid_or_identity() {
+        let mut publisher = participant("PA_p", "pub");
+        let by_sid = participant("PA_a", "a");
+        let by_identity = participant("PA_b", "b");
+        let other = participant("PA_c", "c");
+        assert!(
+            publisher.permits(&other, "TR_1"),
+            "no permission set: everyone"
+        );
+        publisher.track_permissions = Some(proto::SubscriptionPermission {
+            all_participants: false,
+            track_permissions: vec![
+                proto::TrackPermission {
+                    participant_sid: "PA_a".into(),
+                    all_tracks: true,
+                    ..Default::default()
+                },
+                proto::TrackPermission {
+                    participant_identity: "b".into(),
+                    track_sids: vec!["TR_2".into()],
+                    ..Default::default()
+                },
+            ],
+        });
+        assert!(publisher.permits(&by_sid, "TR_1"));
+        assert!(!publisher.permits(&by_identity, "TR_1"));
+        assert!(publisher.permits(&by_identity, "TR_2"));
+        assert!(!publisher.permits(&other, "TR_2"));
+        publisher
+            .track_permissions
+            .as_mut()
+            .unwrap()
+            .all_participants = true;
+        assert!(publisher.permits(&other, "TR_1"));
     }
 }

@@ -1,7 +1,10 @@
-//! The `/rtc` signaling session: one WebSocket per participant, protobuf (or JSON) frames.
+//! The `/rtc` signaling link: one WebSocket per participant session at a time, protobuf
+//! (or JSON) frames.
 
 mod codec;
-mod session;
+mod link;
 
 pub use codec::{Frame, decode_request, encode_response};
-pub use session::{SessionContext, run_session};
+pub use link::{
+    Attachment, LINK_QUEUE, LinkEnd, LinkGuard, Links, SEND_DEADLINE, refuse, run_link,
+};

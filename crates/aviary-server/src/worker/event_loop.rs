@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tracing::{debug, error, trace, warn};
 use super::tcp::{self, UfragRegistry};
 use super::{MediaEvent, PeerKey, ProducedMedia, WorkerCommand};
 use crate::guid::random_string;
+use crate::ids::{Identity, ParticipantSid, RoomSid, TrackSid};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -44,38 +46,46 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 type RoomIdx = u32;
 
 struct Peer {
-    identity: String,
+    identity: Identity,
     can_publish_data: bool,
     subscriber: Option<TransportId>,
     publisher: Option<TransportId>,
-    events: UnboundedSender<MediaEvent>,
+    /// The highest reliable data sequence relayed from this peer, shared with its room:
+    /// a client that resumes re-sends what came after it, and repeats are dropped.
+    last_reliable_seq: Arc<AtomicU32>,
 }
 
 struct TransportEntry {
-    participant: String,
+    participant: ParticipantSid,
     direction: TransportDirection,
-    ufrag: String,
+    /// Every local ufrag it has had (an ICE restart adds one); all route to it.
+    ufrags: Vec<String>,
 }
 
+/// A (subscriber, track) pair.
+type Slot = (ParticipantSid, TrackSid);
+
 struct RoomMedia {
-    sid: String,
+    sid: RoomSid,
     router: Router,
-    peers: HashMap<String, Peer>,
+    /// Where this room's events go (its room task).
+    events: UnboundedSender<MediaEvent>,
+    peers: HashMap<ParticipantSid, Peer>,
     transports: HashMap<TransportId, TransportEntry>,
     /// Track sid → its producer and publisher's participant sid.
-    tracks: HashMap<String, (ProducerId, String)>,
+    tracks: HashMap<TrackSid, (ProducerId, ParticipantSid)>,
     /// Producer → track sid, for producers bound to a track.
-    producer_tracks: HashMap<ProducerId, String>,
+    producer_tracks: HashMap<ProducerId, TrackSid>,
     /// (subscriber sid, track sid) → consumer.
-    consumers: HashMap<(String, String), ConsumerId>,
+    consumers: HashMap<Slot, ConsumerId>,
     /// (subscriber sid, track sid) → how many consumers it has had; see `subscribe`.
-    generations: HashMap<(String, String), u32>,
+    generations: HashMap<Slot, u32>,
     /// (subscriber sid, track sid) → its last `UpdateTrackSettings`: (paused, max layer).
-    settings: HashMap<(String, String), (bool, usize)>,
+    settings: HashMap<Slot, (bool, usize)>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
     /// Participants announced as speaking.
-    speakers: HashSet<String>,
+    speakers: HashSet<ParticipantSid>,
     /// Producer → the highest layer its publisher was last told is wanted.
     announced_layers: HashMap<ProducerId, Option<usize>>,
     /// What was last added to the metrics from this room's router.
@@ -85,11 +95,20 @@ struct RoomMedia {
 }
 
 impl RoomMedia {
-    fn notify(&self, transport: TransportId, event: impl FnOnce(TransportDirection) -> MediaEvent) {
-        if let Some(entry) = self.transports.get(&transport)
-            && let Some(peer) = self.peers.get(&entry.participant)
-        {
-            let _ = peer.events.send(event(entry.direction));
+    /// Tells the room.
+    fn emit(&self, event: MediaEvent) {
+        // A room that is gone no longer cares.
+        let _ = self.events.send(event);
+    }
+
+    /// Tells the room something about a transport's participant.
+    fn notify(
+        &self,
+        transport: TransportId,
+        event: impl FnOnce(ParticipantSid, TransportDirection) -> MediaEvent,
+    ) {
+        if let Some(entry) = self.transports.get(&transport) {
+            self.emit(event(entry.participant.clone(), entry.direction));
         }
     }
 }
@@ -103,8 +122,10 @@ struct Demux {
 }
 
 impl Demux {
-    fn forget(&mut self, room: RoomIdx, transport: TransportId, ufrag: &str) {
-        self.by_ufrag.remove(ufrag);
+    fn forget(&mut self, room: RoomIdx, transport: TransportId, ufrags: &[String]) {
+        for ufrag in ufrags {
+            self.by_ufrag.remove(ufrag);
+        }
         self.by_addr.retain(|_, v| *v != (room, transport));
     }
 }
@@ -215,7 +236,7 @@ pub(super) struct Worker {
     advertised: SocketAddr,
     cert: DtlsCert,
     rooms: HashMap<RoomIdx, RoomMedia>,
-    room_idx: HashMap<String, RoomIdx>,
+    room_idx: HashMap<RoomSid, RoomIdx>,
     next_room: RoomIdx,
     demux: Demux,
 }
@@ -511,12 +532,18 @@ impl Worker {
 
     fn handle_command(&mut self, cmd: WorkerCommand) {
         match cmd {
+            WorkerCommand::OpenRoom { room, events } => self.open_room(room, events),
+            WorkerCommand::CloseRoom { room } => {
+                if let Some(idx) = self.room_idx.get(&room).copied() {
+                    self.close_room(idx);
+                }
+            }
             WorkerCommand::AddPeer {
                 key,
                 identity,
                 can_publish_data,
-                events,
-            } => self.add_peer(key, identity, can_publish_data, events),
+                last_reliable_seq,
+            } => self.add_peer(key, identity, can_publish_data, last_reliable_seq),
             WorkerCommand::BindTrack {
                 key,
                 producer,
@@ -526,9 +553,10 @@ impl Worker {
                     if room.router.producer(producer).is_none() {
                         // Unpublished before the binding arrived: the track ends at once,
                         // or it would stay listed with no media behind it.
-                        if let Some(peer) = room.peers.get(&key.participant) {
-                            let _ = peer.events.send(MediaEvent::TrackEnded { track_sid });
-                        }
+                        room.emit(MediaEvent::TrackEnded {
+                            participant: key.participant,
+                            track_sid,
+                        });
                         return;
                     }
                     room.tracks
@@ -619,12 +647,13 @@ impl Worker {
                 };
                 let result = self.with_router(idx, |r| r.accept_answer(tid, &sdp));
                 if let Some(Err(e)) = result {
-                    self.send_to_peer(
-                        &key,
-                        MediaEvent::NegotiationFailed(
-                            TransportDirection::Subscriber,
-                            e.to_string(),
-                        ),
+                    self.emit(
+                        idx,
+                        MediaEvent::NegotiationFailed {
+                            participant: key.participant,
+                            direction: TransportDirection::Subscriber,
+                            reason: e.to_string(),
+                        },
                     );
                 }
             }
@@ -637,9 +666,10 @@ impl Worker {
                     && let Some(Err(e)) =
                         self.with_router(idx, |r| r.add_remote_candidate(tid, &candidate))
                 {
-                    debug!(participant = key.participant, "bad candidate: {e}");
+                    debug!(participant = %key.participant, "bad candidate: {e}");
                 }
             }
+            WorkerCommand::RestartIce { key } => self.restart_ice(&key),
             WorkerCommand::RemovePeer { key } => self.remove_peer(&key),
             WorkerCommand::AdoptTcp {
                 stream,
@@ -650,9 +680,11 @@ impl Worker {
         }
     }
 
-    fn room_for(&mut self, sid: &str) -> RoomIdx {
-        if let Some(idx) = self.room_idx.get(sid) {
-            return *idx;
+    /// Creates a room's router, or points an existing room's events somewhere new.
+    fn open_room(&mut self, sid: RoomSid, events: UnboundedSender<MediaEvent>) {
+        if let Some(room) = self.room_mut(&sid) {
+            room.events = events;
+            return;
         }
         let idx = self.next_room;
         self.next_room = self.next_room.wrapping_add(1);
@@ -665,11 +697,14 @@ impl Worker {
             candidates,
         };
         let now = Instant::now();
+        debug!(room = %sid, "room opened");
+        self.room_idx.insert(sid.clone(), idx);
         self.rooms.insert(
             idx,
             RoomMedia {
-                sid: sid.to_string(),
+                sid,
                 router: Router::new(config, now),
+                events,
                 peers: HashMap::new(),
                 transports: HashMap::new(),
                 tracks: HashMap::new(),
@@ -685,14 +720,29 @@ impl Worker {
                 next_timeout: now,
             },
         );
-        self.room_idx.insert(sid.to_string(), idx);
-        idx
+    }
+
+    /// Drops a room's router and forgets every transport of it.
+    fn close_room(&mut self, idx: RoomIdx) {
+        let Some(mut room) = self.rooms.remove(&idx) else {
+            return;
+        };
+        self.room_idx.remove(&room.sid);
+        for (tid, entry) in &room.transports {
+            self.demux.forget(idx, *tid, &entry.ufrags);
+            for ufrag in &entry.ufrags {
+                self.registry.remove(ufrag);
+            }
+        }
+        let stats = room.router.stats();
+        report(&self.net.metrics, &mut room, stats);
+        debug!(room = %room.sid, "room closed");
     }
 
     fn new_transport(
         &mut self,
         idx: RoomIdx,
-        participant: &str,
+        participant: &ParticipantSid,
         direction: TransportDirection,
     ) -> Option<TransportId> {
         let mut ufrag = random_string(8);
@@ -701,9 +751,9 @@ impl Worker {
         }
         let options = TransportOptions::new(direction, ufrag.clone(), random_string(24));
         let entry = TransportEntry {
-            participant: participant.to_string(),
+            participant: participant.clone(),
             direction,
-            ufrag: ufrag.clone(),
+            ufrags: vec![ufrag.clone()],
         };
         // The entry goes in before the drain, so that the first offer finds its peer.
         let tid = self.with_room(idx, |room| {
@@ -711,17 +761,52 @@ impl Worker {
             room.transports.insert(tid, entry);
             tid
         })?;
-        self.registry.insert(&ufrag, self.index);
-        self.demux.by_ufrag.insert(ufrag, (idx, tid));
+        self.route_ufrag(idx, tid, ufrag);
         Some(tid)
     }
 
-    fn room_mut(&mut self, sid: &str) -> Option<&mut RoomMedia> {
+    /// Routes STUN for local ufrag `ufrag` (UDP and ICE/TCP) to a transport.
+    fn route_ufrag(&mut self, idx: RoomIdx, tid: TransportId, ufrag: String) {
+        self.registry.insert(&ufrag, self.index);
+        if let Some(entry) = self
+            .rooms
+            .get_mut(&idx)
+            .and_then(|r| r.transports.get_mut(&tid))
+            && !entry.ufrags.contains(&ufrag)
+        {
+            entry.ufrags.push(ufrag.clone());
+        }
+        self.demux.by_ufrag.insert(ufrag, (idx, tid));
+    }
+
+    /// After an ICE restart (ours or the client's), the transport's new ufrag routes to it.
+    fn follow_ufrag(&mut self, idx: RoomIdx, tid: TransportId) {
+        let Some(ufrag) = self
+            .rooms
+            .get(&idx)
+            .and_then(|r| r.router.transport(tid))
+            .map(|t| t.ice_ufrag().to_string())
+        else {
+            return;
+        };
+        if self.demux.by_ufrag.get(&ufrag) != Some(&(idx, tid)) {
+            debug!(%tid, "ice restarted; routing the new ufrag");
+            self.route_ufrag(idx, tid, ufrag);
+        }
+    }
+
+    fn room_mut(&mut self, sid: &RoomSid) -> Option<&mut RoomMedia> {
         let idx = self.room_idx.get(sid)?;
         self.rooms.get_mut(idx)
     }
 
-    fn subscribe(&mut self, key: PeerKey, publisher: String, track_sid: String) {
+    fn emit(&self, idx: RoomIdx, event: MediaEvent) {
+        if let Some(room) = self.rooms.get(&idx) {
+            room.emit(event);
+        }
+    }
+
+    fn subscribe(&mut self, key: PeerKey, publisher: ParticipantSid, track_sid: TrackSid) {
         let Some(&idx) = self.room_idx.get(&key.room) else {
             return;
         };
@@ -731,7 +816,7 @@ impl Worker {
                 return;
             }
             let Some(&(producer, _)) = room.tracks.get(&track_sid) else {
-                debug!(track = track_sid, "subscribe to an unbound track");
+                debug!(track = %track_sid, "subscribe to an unbound track");
                 return;
             };
             let Some(transport) = room.peers.get(&key.participant).and_then(|p| p.subscriber)
@@ -744,7 +829,7 @@ impl Worker {
             let generation = room.generations.entry(slot.clone()).or_insert(0);
             *generation += 1;
             let msid_track = match *generation {
-                1 => track_sid.clone(),
+                1 => track_sid.to_string(),
                 n => format!("{track_sid}-{n}"),
             };
             let mut options = ConsumerOptions::new(
@@ -761,7 +846,7 @@ impl Worker {
                 Ok(c) => {
                     room.consumers.insert(slot, c);
                 }
-                Err(e) => debug!(track = track_sid, "consume failed: {e}"),
+                Err(e) => debug!(track = %track_sid, "consume failed: {e}"),
             }
         });
     }
@@ -769,11 +854,14 @@ impl Worker {
     fn add_peer(
         &mut self,
         key: PeerKey,
-        identity: String,
+        identity: Identity,
         can_publish_data: bool,
-        events: UnboundedSender<MediaEvent>,
+        last_reliable_seq: Arc<AtomicU32>,
     ) {
-        let idx = self.room_for(&key.room);
+        let Some(&idx) = self.room_idx.get(&key.room) else {
+            debug!(room = %key.room, "peer for a room that is not open");
+            return;
+        };
         if self
             .rooms
             .get(&idx)
@@ -781,7 +869,6 @@ impl Worker {
         {
             self.remove_peer(&key);
         }
-        let idx = self.room_for(&key.room);
         if let Some(room) = self.rooms.get_mut(&idx) {
             room.peers.insert(
                 key.participant.clone(),
@@ -790,7 +877,7 @@ impl Worker {
                     can_publish_data,
                     subscriber: None,
                     publisher: None,
-                    events,
+                    last_reliable_seq,
                 },
             );
         }
@@ -831,13 +918,32 @@ impl Worker {
             }
         };
         let event = match self.with_router(idx, |r| r.accept_offer(tid, &sdp)) {
-            Some(Ok(answer)) => MediaEvent::PublisherAnswer(answer),
-            Some(Err(e)) => {
-                MediaEvent::NegotiationFailed(TransportDirection::Publisher, e.to_string())
-            }
+            Some(Ok(sdp)) => MediaEvent::PublisherAnswer {
+                participant: key.participant,
+                sdp,
+            },
+            Some(Err(e)) => MediaEvent::NegotiationFailed {
+                participant: key.participant,
+                direction: TransportDirection::Publisher,
+                reason: e.to_string(),
+            },
             None => return,
         };
-        self.send_to_peer(&key, event);
+        // The client's offer may restart ICE, and then our answer has a new ufrag.
+        self.follow_ufrag(idx, tid);
+        self.emit(idx, event);
+    }
+
+    /// A resumed session: the subscriber connection restarts ICE with a new offer.
+    fn restart_ice(&mut self, key: &PeerKey) {
+        let Some((idx, tid)) = self.transport_of(key, TransportDirection::Subscriber) else {
+            return;
+        };
+        match self.with_router(idx, |r| r.restart_ice(tid)) {
+            Some(Ok(_)) => self.follow_ufrag(idx, tid),
+            Some(Err(e)) => debug!(participant = %key.participant, "no ice restart: {e}"),
+            None => {}
+        }
     }
 
     fn remove_peer(&mut self, key: &PeerKey) {
@@ -854,20 +960,18 @@ impl Worker {
         room.generations
             .retain(|(sub, _), _| *sub != key.participant);
         room.settings.retain(|(sub, _), _| *sub != key.participant);
+        room.speakers.remove(&key.participant);
         for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
             if let Some(entry) = room.transports.remove(&tid) {
-                self.demux.forget(idx, tid, &entry.ufrag);
-                self.registry.remove(&entry.ufrag);
+                self.demux.forget(idx, tid, &entry.ufrags);
+                for ufrag in &entry.ufrags {
+                    self.registry.remove(ufrag);
+                }
             }
             let _ = room.router.close_transport(tid);
         }
-        if room.peers.is_empty() {
-            debug!(room = room.sid, "last peer gone; dropping router");
-            let stats = room.router.stats();
-            report(&self.net.metrics, room, stats);
-            self.rooms.remove(&idx);
-            self.room_idx.remove(&key.room);
-        }
+        // Closing may have ended producers and consumers: their events go out now.
+        self.with_room(idx, |_| {});
     }
 
     fn transport_of(
@@ -884,19 +988,8 @@ impl Worker {
         Some((idx, tid))
     }
 
-    fn send_to_peer(&self, key: &PeerKey, event: MediaEvent) {
-        let peer = self
-            .room_idx
-            .get(&key.room)
-            .and_then(|idx| self.rooms.get(idx))
-            .and_then(|r| r.peers.get(&key.participant));
-        if let Some(peer) = peer {
-            let _ = peer.events.send(event);
-        }
-    }
-
     /// Runs `f` on a room's router and drains its outputs. A panic inside closes that room
-    /// (its peers are told their transports closed) and leaves the worker running.
+    /// (its room is told its media failed) and leaves the worker running.
     fn with_room<R>(&mut self, idx: RoomIdx, f: impl FnOnce(&mut RoomMedia) -> R) -> Option<R> {
         let room = self.rooms.get_mut(&idx)?;
         let net = &mut self.net;
@@ -911,7 +1004,7 @@ impl Worker {
         match result {
             Ok(r) => Some(r),
             Err(_) => {
-                error!(room = room.sid, "router panicked; closing the room's media");
+                error!(room = %room.sid, "router panicked; closing the room's media");
                 self.fail_room(idx);
                 None
             }
@@ -924,17 +1017,10 @@ impl Worker {
     }
 
     fn fail_room(&mut self, idx: RoomIdx) {
-        let Some(room) = self.rooms.remove(&idx) else {
-            return;
-        };
-        self.room_idx.remove(&room.sid);
-        for (tid, entry) in &room.transports {
-            self.demux.forget(idx, *tid, &entry.ufrag);
-            self.registry.remove(&entry.ufrag);
-            if let Some(peer) = room.peers.get(&entry.participant) {
-                let _ = peer.events.send(MediaEvent::Closed(entry.direction));
-            }
+        if let Some(room) = self.rooms.get(&idx) {
+            room.emit(MediaEvent::RoomFailed);
         }
+        self.close_room(idx);
     }
 }
 
@@ -966,18 +1052,43 @@ fn handle_event(
     event: Event,
 ) {
     match event {
-        Event::OfferReady { transport, sdp } => {
-            room.notify(transport, |_| MediaEvent::SubscriberOffer(sdp));
+        Event::OfferReady {
+            transport,
+            sdp,
+            ice_restart,
+        } => {
+            room.notify(transport, |participant, _| MediaEvent::SubscriberOffer {
+                participant,
+                sdp,
+                ice_restart,
+            });
         }
         Event::TransportConnected { transport } => {
-            room.notify(transport, MediaEvent::Connected);
+            room.notify(transport, |participant, direction| MediaEvent::Connected {
+                participant,
+                direction,
+            });
+        }
+        Event::TransportDisconnected { transport } => {
+            debug!(room = %room.sid, %transport, "ice lost the client");
+            room.notify(transport, |participant, direction| {
+                MediaEvent::Disconnected {
+                    participant,
+                    direction,
+                }
+            });
         }
         Event::TransportClosed { transport, reason } => {
-            warn!(room = room.sid, %transport, ?reason, "transport closed");
-            room.notify(transport, MediaEvent::Closed);
+            warn!(room = %room.sid, %transport, ?reason, "transport closed");
+            room.notify(transport, |participant, direction| MediaEvent::Closed {
+                participant,
+                direction,
+            });
             if let Some(entry) = room.transports.remove(&transport) {
-                demux.forget(idx, transport, &entry.ufrag);
-                ufrags.remove(&entry.ufrag);
+                demux.forget(idx, transport, &entry.ufrags);
+                for ufrag in &entry.ufrags {
+                    ufrags.remove(ufrag);
+                }
                 if let Some(peer) = room.peers.get_mut(&entry.participant) {
                     match entry.direction {
                         TransportDirection::Subscriber => peer.subscriber = None,
@@ -987,7 +1098,7 @@ fn handle_event(
             }
         }
         Event::DataChannelOpen { transport, kind } => {
-            debug!(room = room.sid, %transport, ?kind, "data channel open");
+            debug!(room = %room.sid, %transport, ?kind, "data channel open");
         }
         Event::DataReceived {
             transport,
@@ -1001,24 +1112,26 @@ fn handle_event(
             track_id,
             mid,
             mime,
-        } => room.notify(transport, |_| {
-            MediaEvent::ProducerCreated(ProducedMedia {
+        } => room.notify(transport, |participant, _| MediaEvent::ProducerCreated {
+            participant,
+            media: ProducedMedia {
                 producer,
                 cid: track_id,
                 kind,
                 mid: mid.to_string(),
                 mime,
-            })
+            },
         }),
         Event::ProducerClosed { producer } => {
             if let Some(track_sid) = room.producer_tracks.remove(&producer) {
                 room.consumers.retain(|(_, t), _| *t != track_sid);
                 room.settings.retain(|(_, t), _| *t != track_sid);
                 room.announced_layers.remove(&producer);
-                if let Some((_, publisher)) = room.tracks.remove(&track_sid)
-                    && let Some(peer) = room.peers.get(&publisher)
-                {
-                    let _ = peer.events.send(MediaEvent::TrackEnded { track_sid });
+                if let Some((_, publisher)) = room.tracks.remove(&track_sid) {
+                    room.emit(MediaEvent::TrackEnded {
+                        participant: publisher,
+                        track_sid,
+                    });
                 }
             }
         }
@@ -1030,7 +1143,8 @@ fn handle_event(
 }
 
 /// A data packet from a publisher: stamped with the sender and relayed to its destinations
-/// (everyone else when it names none) on the same kind of channel.
+/// (everyone else when it names none) on the same kind of channel. A reliable packet whose
+/// sequence was already relayed (a client re-sending after a resume) is dropped.
 fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u8]) {
     let Some(sender_sid) = room.transports.get(&from).map(|e| e.participant.clone()) else {
         return;
@@ -1039,14 +1153,24 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
         return;
     };
     if !sender.can_publish_data {
-        trace!(participant = sender_sid, "data dropped: no canPublishData");
+        trace!(participant = %sender_sid, "data dropped: no canPublishData");
         return;
     }
     let Ok(mut packet) = proto::DataPacket::decode(data) else {
-        trace!(participant = sender_sid, "undecodable data packet");
+        trace!(participant = %sender_sid, "undecodable data packet");
         return;
     };
-    packet.participant_identity = sender.identity.clone();
+    if kind == DataKind::Reliable && packet.sequence != 0 {
+        let last = sender.last_reliable_seq.load(Ordering::Relaxed);
+        if packet.sequence <= last {
+            trace!(participant = %sender_sid, seq = packet.sequence, "repeated data dropped");
+            return;
+        }
+        sender
+            .last_reliable_seq
+            .store(packet.sequence, Ordering::Relaxed);
+    }
+    packet.participant_identity = sender.identity.to_string();
     // The channel it came on says how it travels on (upstream trusts the channel too).
     #[allow(deprecated)]
     {
@@ -1060,10 +1184,10 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
     // The deprecated per-packet fields are still read by older clients, so they are filled.
     #[allow(deprecated)]
     {
-        packet.participant_sid = sender_sid.clone();
+        packet.participant_sid = sender_sid.to_string();
         if let Some(proto::data_packet::Value::User(user)) = &mut packet.value {
-            user.participant_identity = sender.identity.clone();
-            user.participant_sid = sender_sid.clone();
+            user.participant_identity = sender.identity.to_string();
+            user.participant_sid = sender_sid.to_string();
             identities.extend(user.destination_identities.iter().cloned());
             sids.extend(user.destination_sids.iter().cloned());
         }
@@ -1074,8 +1198,8 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
         .filter(|(sid, _)| **sid != sender_sid)
         .filter(|(sid, p)| {
             (identities.is_empty() && sids.is_empty())
-                || identities.contains(&p.identity)
-                || sids.contains(sid)
+                || identities.iter().any(|i| p.identity == *i)
+                || sids.iter().any(|s| *sid == s)
         })
         .filter_map(|(_, p)| p.subscriber)
         .collect();
@@ -1093,11 +1217,11 @@ fn deliver(room: &mut RoomMedia, targets: &[TransportId], kind: DataKind, bytes:
     }
 }
 
-/// Tells everyone in the room who started or stopped speaking since the last time: the
-/// speakers now (loudest first, `active`), and those who stopped (`active: false`), as
-/// upstream's `SpeakersChanged` carries only changes.
+/// Tells the room who started or stopped speaking since the last time: the speakers now
+/// (loudest first, `active`), and those who stopped (`active: false`), as upstream's
+/// `SpeakersChanged` carries only changes.
 fn announce_speakers(room: &mut RoomMedia, now: Instant) {
-    let mut speaking: Vec<(String, f32)> = Vec::new();
+    let mut speaking: Vec<(ParticipantSid, f32)> = Vec::new();
     for (producer, level) in room.router.speakers(now) {
         let Some(publisher) = room
             .producer_tracks
@@ -1120,7 +1244,7 @@ fn announce_speakers(room: &mut RoomMedia, now: Instant) {
     let mut changed: Vec<proto::SpeakerInfo> = speaking
         .iter()
         .map(|(sid, level)| proto::SpeakerInfo {
-            sid: sid.clone(),
+            sid: sid.to_string(),
             level: *level,
             active: true,
         })
@@ -1130,20 +1254,19 @@ fn announce_speakers(room: &mut RoomMedia, now: Instant) {
             .iter()
             .filter(|sid| !speaking.iter().any(|(s, _)| s == *sid))
             .map(|sid| proto::SpeakerInfo {
-                sid: sid.clone(),
+                sid: sid.to_string(),
                 level: 0.0,
                 active: false,
             }),
     );
     room.speakers = speaking.into_iter().map(|(sid, _)| sid).collect();
-    for peer in room.peers.values() {
-        let _ = peer.events.send(MediaEvent::Speakers(changed.clone()));
-    }
+    room.emit(MediaEvent::Speakers(changed));
 }
 
-/// Dynacast: tells each simulcast publisher, when it changed, which of its layers anyone
-/// receives, so that its SDK (with dynacast on) encodes only those.
+/// Dynacast: tells the room, when it changed, which layers of each simulcast track anyone
+/// receives, so that the publisher's SDK (with dynacast on) encodes only those.
 fn announce_wanted_layers(room: &mut RoomMedia) {
+    let mut changes = Vec::new();
     for (producer, track_sid) in &room.producer_tracks {
         let Some(wanted) = room.router.wanted_layer(*producer) else {
             continue;
@@ -1151,21 +1274,20 @@ fn announce_wanted_layers(room: &mut RoomMedia) {
         if room.announced_layers.get(producer) == Some(&wanted) {
             continue;
         }
-        room.announced_layers.insert(*producer, wanted);
-        if let Some(peer) = room
-            .tracks
-            .get(track_sid)
-            .and_then(|(_, publisher)| room.peers.get(publisher))
-        {
-            let _ = peer.events.send(MediaEvent::SubscribedLayers {
-                track_sid: track_sid.clone(),
-                max_layer: wanted,
-            });
+        if let Some((_, publisher)) = room.tracks.get(track_sid) {
+            changes.push((*producer, publisher.clone(), track_sid.clone(), wanted));
         }
+    }
+    for (producer, participant, track_sid, max_layer) in changes {
+        room.announced_layers.insert(producer, max_layer);
+        room.emit(MediaEvent::SubscribedLayers {
+            participant,
+            track_sid,
+            max_layer,
+        });
     }
 }
 
-/// Adds a room's counters since its last report to the worker's metrics.
 fn report(m: &WorkerMetrics, room: &mut RoomMedia, now: RouterStats) {
     let was = room.reported;
     m.rtp_in.inc_by(now.packets_received - was.packets_received);

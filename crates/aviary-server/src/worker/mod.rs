@@ -10,6 +10,7 @@ pub use tcp::UfragRegistry;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 
 use aviary_sfu::{DataKind, MediaKind, ProducerId, TransportDirection};
@@ -17,28 +18,42 @@ use livekit_protocol as proto;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 
+use crate::ids::{Identity, ParticipantSid, RoomSid, TrackSid};
+
 /// Which participant of which room a command is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     /// Room sid.
-    pub room: String,
+    pub room: RoomSid,
     /// Participant sid.
-    pub participant: String,
+    pub participant: ParticipantSid,
 }
 
-/// What signaling asks of a worker.
+/// What a room asks of its worker.
 #[derive(Debug)]
 pub enum WorkerCommand {
+    /// Creates the room's media plane (a router); every event about it goes to `events`.
+    OpenRoom {
+        /// The room.
+        room: RoomSid,
+        /// Where its events go.
+        events: UnboundedSender<MediaEvent>,
+    },
+    /// Closes the room's media plane and every transport in it.
+    CloseRoom {
+        /// The room.
+        room: RoomSid,
+    },
     /// Creates the participant's subscriber transport; its offer comes back as an event.
     AddPeer {
         /// Who.
         key: PeerKey,
         /// Its identity (data packets are addressed by it and carry it).
-        identity: String,
+        identity: Identity,
         /// Whether its data packets are relayed.
         can_publish_data: bool,
-        /// Where this peer's events go.
-        events: UnboundedSender<MediaEvent>,
+        /// Where the highest reliable data sequence relayed from it is kept (for resume).
+        last_reliable_seq: Arc<AtomicU32>,
     },
     /// A producer of this peer is the LiveKit track `track_sid`.
     BindTrack {
@@ -47,23 +62,23 @@ pub enum WorkerCommand {
         /// The producer the worker reported.
         producer: ProducerId,
         /// The track's sid.
-        track_sid: String,
+        track_sid: TrackSid,
     },
     /// Forward a track to this peer.
     Subscribe {
         /// The subscriber.
         key: PeerKey,
         /// The publisher's participant sid (for the msid stream id).
-        publisher: String,
+        publisher: ParticipantSid,
         /// Which track.
-        track_sid: String,
+        track_sid: TrackSid,
     },
     /// Stop forwarding a track to this peer.
     Unsubscribe {
         /// The subscriber.
         key: PeerKey,
         /// Which track.
-        track_sid: String,
+        track_sid: TrackSid,
     },
     /// A subscriber's settings for one track (`UpdateTrackSettings`), kept for later
     /// subscriptions to it too.
@@ -71,7 +86,7 @@ pub enum WorkerCommand {
         /// The subscriber.
         key: PeerKey,
         /// Which track.
-        track_sid: String,
+        track_sid: TrackSid,
         /// Forwarding paused.
         paused: bool,
         /// The highest simulcast layer wanted (0 is the lowest; `usize::MAX` the highest).
@@ -80,20 +95,20 @@ pub enum WorkerCommand {
     /// Sends an encoded `DataPacket` to participants of a room.
     SendData {
         /// Room sid.
-        room: String,
+        room: RoomSid,
         /// The encoded packet.
         packet: Vec<u8>,
         /// Channel.
         kind: DataKind,
         /// Participant sids; empty means everyone.
-        to: Vec<String>,
+        to: Vec<ParticipantSid>,
     },
     /// Ends a published track from the server side (its publisher lost the permission).
     CloseTrack {
         /// Room sid.
-        room: String,
+        room: RoomSid,
         /// Which track.
-        track_sid: String,
+        track_sid: TrackSid,
     },
     /// Changes whether a peer's data packets are relayed.
     SetDataPermission {
@@ -125,6 +140,12 @@ pub enum WorkerCommand {
         /// The `candidate:...` line.
         candidate: String,
     },
+    /// Restarts ICE on the peer's subscriber connection (a resumed session): a new offer
+    /// with fresh credentials, carrying whatever the client has not answered yet.
+    RestartIce {
+        /// Who.
+        key: PeerKey,
+    },
     /// The participant left: close its transports.
     RemovePeer {
         /// Who.
@@ -143,36 +164,83 @@ pub enum WorkerCommand {
     Shutdown,
 }
 
-/// What a worker tells one participant's session.
+/// What a worker tells a room.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
-    /// An offer for the subscriber connection.
-    SubscriberOffer(String),
-    /// The answer to the client's publisher offer.
-    PublisherAnswer(String),
-    /// ICE and DTLS are up on that connection.
-    Connected(TransportDirection),
-    /// The connection failed or was lost.
-    Closed(TransportDirection),
+    /// An offer for a participant's subscriber connection.
+    SubscriberOffer {
+        /// Whose.
+        participant: ParticipantSid,
+        /// The SDP.
+        sdp: String,
+        /// It restarts ICE.
+        ice_restart: bool,
+    },
+    /// The answer to the participant's publisher offer.
+    PublisherAnswer {
+        /// Whose.
+        participant: ParticipantSid,
+        /// The SDP.
+        sdp: String,
+    },
+    /// ICE and DTLS are up on that connection (again, after `Disconnected`).
+    Connected {
+        /// Whose.
+        participant: ParticipantSid,
+        /// Which connection.
+        direction: TransportDirection,
+    },
+    /// ICE lost the client on that connection; it may come back.
+    Disconnected {
+        /// Whose.
+        participant: ParticipantSid,
+        /// Which connection.
+        direction: TransportDirection,
+    },
+    /// The connection failed for good and is gone.
+    Closed {
+        /// Whose.
+        participant: ParticipantSid,
+        /// Which connection.
+        direction: TransportDirection,
+    },
     /// A negotiation step on that connection was refused; the text says why.
-    NegotiationFailed(TransportDirection, String),
-    /// The publisher's offer added a stream; the session binds it to a track.
-    ProducerCreated(ProducedMedia),
+    NegotiationFailed {
+        /// Whose.
+        participant: ParticipantSid,
+        /// Which connection.
+        direction: TransportDirection,
+        /// Why.
+        reason: String,
+    },
+    /// The publisher's offer added a stream; the room binds it to a track.
+    ProducerCreated {
+        /// The publisher.
+        participant: ParticipantSid,
+        /// The stream.
+        media: ProducedMedia,
+    },
     /// Which simulcast layers of a published track someone receives: up to `max_layer`
     /// (0 is the lowest), or none (dynacast: the publisher may stop encoding the rest).
     SubscribedLayers {
+        /// The publisher.
+        participant: ParticipantSid,
         /// The track's sid.
-        track_sid: String,
+        track_sid: TrackSid,
         /// The highest layer wanted, if any.
         max_layer: Option<usize>,
     },
     /// Who started or stopped speaking in the room (LiveKit's `SpeakersChanged`).
     Speakers(Vec<proto::SpeakerInfo>),
-    /// A bound track's media ended (unpublished by renegotiation).
+    /// A bound track's media ended (unpublished by renegotiation, or closed).
     TrackEnded {
+        /// The publisher.
+        participant: ParticipantSid,
         /// The track's sid.
-        track_sid: String,
+        track_sid: TrackSid,
     },
+    /// The room's media plane failed (a router panic) and is gone with every transport.
+    RoomFailed,
 }
 
 /// A stream a publisher started sending.
@@ -212,6 +280,7 @@ pub struct WorkerConfig {
 pub struct WorkerHandle {
     tx: mpsc::Sender<WorkerCommand>,
     waker: Option<Arc<mio::Waker>>,
+    alive: Arc<AtomicBool>,
     /// The worker's UDP address (as bound).
     pub udp_addr: SocketAddr,
 }
@@ -226,15 +295,30 @@ impl WorkerHandle {
         }
     }
 
+    /// False once the worker's thread has ended (it takes no new rooms then).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
     /// A handle with no thread behind it: commands pile up in the returned receiver (tests).
     pub fn detached() -> (Self, mpsc::Receiver<WorkerCommand>) {
         let (tx, rx) = mpsc::channel();
         let handle = Self {
             tx,
             waker: None,
+            alive: Arc::new(AtomicBool::new(true)),
             udp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         (handle, rx)
+    }
+}
+
+/// Marks a worker dead when its thread ends, however it ends (a panic included).
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -299,12 +383,18 @@ impl WorkerPool {
                 rx,
             )?;
             let waker = worker.waker();
+            let alive = Arc::new(AtomicBool::new(true));
+            let guard = AliveGuard(alive.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("aviary-worker-{index}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    let _guard = guard;
+                    worker.run();
+                })?;
             handles.push(WorkerHandle {
                 tx,
                 waker: Some(waker),
+                alive,
                 udp_addr,
             });
             threads.push(thread);

@@ -1,0 +1,132 @@
+//! Metadata: a participant's own name/metadata/attributes updates, RoomService's
+//! UpdateParticipant (which also changes permissions) and the room's metadata.
+
+use std::collections::HashMap;
+
+use livekit_protocol as proto;
+use livekit_protocol::signal_response::Message;
+
+use super::ServiceError;
+use super::core::RoomCore;
+use crate::config::LimitConfig;
+use crate::ids::ParticipantSid;
+use crate::worker::WorkerCommand;
+
+impl RoomCore {
+    /// A client's own metadata/name/attributes update (needs `canUpdateOwnMetadata`).
+    pub fn update_own_metadata(
+        &mut self,
+        sid: &ParticipantSid,
+        req: &proto::UpdateParticipantMetadata,
+    ) -> Result<(), ServiceError> {
+        check_metadata(&self.settings.limits, &req.metadata, &req.attributes)?;
+        let p = self
+            .participant(sid.as_str())
+            .ok_or_else(|| ServiceError::ParticipantNotFound(sid.to_string()))?;
+        if !p
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_update_metadata)
+        {
+            return Err(ServiceError::PermissionDenied(
+                "participant may not update its own metadata".into(),
+            ));
+        }
+        self.update_info(sid.as_str(), |i| {
+            if !req.metadata.is_empty() {
+                i.metadata = req.metadata.clone();
+            }
+            if !req.name.is_empty() {
+                i.name = req.name.clone();
+            }
+            merge_attributes(&mut i.attributes, &req.attributes);
+        });
+        Ok(())
+    }
+
+    /// RoomService.UpdateParticipant: metadata, name, attributes and permission. What a
+    /// narrowed permission no longer allows stops at once, as upstream does: tracks it may
+    /// not publish end, subscriptions it may not have end, data is no longer relayed.
+    pub fn update_participant(
+        &mut self,
+        req: &proto::UpdateParticipantRequest,
+    ) -> Result<proto::ParticipantInfo, ServiceError> {
+        check_metadata(&self.settings.limits, &req.metadata, &req.attributes)?;
+        let sid = self
+            .by_identity(&req.identity)
+            .map(|p| p.sid())
+            .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+        let info = self
+            .update_info(sid.as_str(), |i| {
+                if !req.metadata.is_empty() {
+                    i.metadata = req.metadata.clone();
+                }
+                if !req.name.is_empty() {
+                    i.name = req.name.clone();
+                }
+                merge_attributes(&mut i.attributes, &req.attributes);
+                if let Some(perm) = &req.permission {
+                    i.permission = Some(perm.clone());
+                }
+            })
+            .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+        if let Some(perm) = &req.permission {
+            self.enforce_publish_permission(&sid);
+            self.reconcile_subscriber(&sid);
+            self.media(WorkerCommand::SetDataPermission {
+                key: self.key(&sid),
+                can_publish_data: perm.can_publish_data,
+            });
+        }
+        Ok(info)
+    }
+
+    /// RoomService.UpdateRoomMetadata.
+    pub fn update_room_metadata(&mut self, metadata: &str) -> Result<proto::Room, ServiceError> {
+        check_metadata(&self.settings.limits, metadata, &HashMap::new())?;
+        self.info.metadata = metadata.to_string();
+        let update = Message::RoomUpdate(proto::RoomUpdate {
+            room: Some(self.info.clone()),
+        });
+        let sids: Vec<ParticipantSid> = self.participants.iter().map(|p| p.sid()).collect();
+        for sid in sids {
+            self.send(sid.as_str(), update.clone());
+        }
+        Ok(self.info.clone())
+    }
+}
+
+/// Checks metadata and attributes against `limit.*`.
+pub(crate) fn check_metadata(
+    limits: &LimitConfig,
+    metadata: &str,
+    attributes: &HashMap<String, String>,
+) -> Result<(), ServiceError> {
+    let max = limits.max_metadata_size as usize;
+    if max > 0 && metadata.len() > max {
+        return Err(ServiceError::InvalidArgument(format!(
+            "metadata is {} bytes, over the limit of {max}",
+            metadata.len()
+        )));
+    }
+    let max = limits.max_attributes_size as usize;
+    let size: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if max > 0 && size > max {
+        return Err(ServiceError::InvalidArgument(format!(
+            "attributes are {size} bytes, over the limit of {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies an attribute update: a key with an empty value is deleted.
+fn merge_attributes(into: &mut HashMap<String, String>, update: &HashMap<String, String>) {
+    for (k, v) in update {
+        if v.is_empty() {
+            into.remove(k);
+        } else {
+            into.insert(k.clone(), v.clone());
+        }
+    }
+}
