@@ -23,7 +23,7 @@ pub struct Config {
     pub rtc: RtcConfig,
     /// Room defaults.
     pub room: RoomConfig,
-    /// Webhook targets (accepted now; sending is a later feature).
+    /// Webhook targets.
     pub webhook: WebhookConfig,
     /// Prometheus exporter.
     pub prometheus: PrometheusConfig,
@@ -283,6 +283,11 @@ pub enum ConfigError {
     /// An API key with an empty secret.
     #[error("API key {0:?} has an empty secret")]
     EmptySecret(String),
+    /// Webhooks configured with a key that cannot sign them.
+    #[error(
+        "webhook.api_key {0:?} is not one of the configured API keys (webhooks are signed with its secret): set it to one of: {1}"
+    )]
+    WebhookKey(String, String),
 }
 
 /// The result of loading: the config and the unknown keys found on the way.
@@ -443,6 +448,13 @@ pub fn load(o: &Overrides) -> Result<Loaded, ConfigError> {
     if let Some((k, _)) = c.keys.iter().find(|(_, v)| v.is_empty()) {
         return Err(ConfigError::EmptySecret(k.clone()));
     }
+    if !c.webhook.urls.is_empty() && !c.keys.contains_key(&c.webhook.api_key) {
+        let known: Vec<&str> = c.keys.keys().map(String::as_str).collect();
+        return Err(ConfigError::WebhookKey(
+            c.webhook.api_key.clone(),
+            known.join(", "),
+        ));
+    }
     Ok(loaded)
 }
 
@@ -494,6 +506,20 @@ mod tests {
         assert_eq!(c.keys.get("devkey").map(String::as_str), Some("secret"));
         assert_eq!(c.bind_addresses, vec!["127.0.0.1", "::1"]);
         assert_eq!(c.logging.level, "debug");
+    }
+
+    #[test]
+    fn webhooks_need_a_configured_key() {
+        let body = |key: &str| Overrides {
+            dev: true,
+            config_body: Some(format!(
+                "webhook:\n  api_key: {key}\n  urls: [http://127.0.0.1:9/hook]\n"
+            )),
+            ..Default::default()
+        };
+        assert!(load(&body("devkey")).is_ok());
+        let e = load(&body("other")).unwrap_err().to_string();
+        assert!(e.contains("\"other\"") && e.contains("devkey"), "{e}");
     }
 
     #[test]

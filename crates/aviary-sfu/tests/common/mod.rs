@@ -111,6 +111,8 @@ pub struct Sim {
     wire: VecDeque<Datagram>,
     rng: Lcg,
     ufrag_seq: u32,
+    /// While set, the router's offers wait unanswered (a client that lost its signaling).
+    pub hold_offers: bool,
 }
 
 impl Sim {
@@ -132,6 +134,7 @@ impl Sim {
             wire: VecDeque::new(),
             rng: Lcg::new(seed),
             ufrag_seq: 0,
+            hold_offers: false,
         }
     }
 
@@ -233,6 +236,9 @@ impl Sim {
 
     /// Answers every `OfferReady` the router produced for our clients.
     pub fn answer_pending_offers(&mut self) {
+        if self.hold_offers {
+            return;
+        }
         let offers: Vec<(TransportId, String)> = self
             .router_events
             .iter()
@@ -327,7 +333,8 @@ impl Sim {
         self.drain_client(idx);
     }
 
-    fn drain_router(&mut self) {
+    /// Takes what the router has to send and report.
+    pub fn drain_router(&mut self) {
         loop {
             match self.router.poll_output() {
                 Output::Transmit(t) => {
