@@ -485,6 +485,9 @@ RECORDED_EVENTS = (
     "track_unmuted",
     "data_received",
     "active_speakers_changed",
+    # resume and full reconnect (test_resume.py)
+    "reconnecting",
+    "reconnected",
 )
 
 
@@ -1000,3 +1003,144 @@ async def within(awaitable: Awaitable[Any], timeout: float, what: str) -> Any:
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         raise AssertionError(f"{what} did not finish within {timeout}s") from None
+
+
+# --------------------------------------------------------------------------
+# a TCP proxy that can cut connections (signaling over a network that breaks)
+
+
+class TcpProxy:
+    """Forwards TCP connections made to NODE_IP:<port> to `target_port` on
+    NODE_IP, both ways; `cut()` resets every connection it carries at once, as
+    a network path that drops them would (a Wi-Fi handover, a proxy recycling
+    its connections). New connections are forwarded as before. Runs on the
+    test's event loop."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.connections = 0  # accepted so far
+        self.cuts = 0  # connections reset by cut()
+        self._server: Optional[asyncio.base_events.Server] = None
+        self._live: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{NODE_IP}:{self.port}"
+
+    async def start(self) -> "TcpProxy":
+        self._server = await asyncio.start_server(self._handle, NODE_IP, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(NODE_IP, self.target_port), HTTP_TIMEOUT
+            )
+        except (OSError, asyncio.TimeoutError):
+            writer.close()
+            return
+        self._live.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                self._live.discard(dst)
+                dst.close()
+
+        for t in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(t)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def cut(self) -> int:
+        """Reset every connection now (both sides get an RST); returns how many."""
+        live = list(self._live)
+        for w in live:
+            w.transport.abort()
+        self._live.clear()
+        self.cuts += len(live) // 2
+        return len(live) // 2
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------
+# a webhook receiver
+
+
+@dataclass
+class Delivery:
+    """One webhook request as it arrived."""
+
+    body: str
+    authorization: str
+    content_type: str
+    event: Any  # the WebhookEvent, verified by the SDK's WebhookReceiver
+
+
+class WebhookSink:
+    """An HTTP endpoint on NODE_IP that takes webhooks and checks each with
+    the python server SDK's WebhookReceiver (signature and body hash). A
+    request that fails the check is answered 401 and kept in `rejected`."""
+
+    def __init__(self, api_key: str = API_KEY, api_secret: str = API_SECRET, port: int = 0) -> None:
+        self.receiver = api.WebhookReceiver(api.TokenVerifier(api_key, api_secret))
+        self.port = port or free_port(socket.SOCK_STREAM)
+        self.deliveries: list[Delivery] = []
+        self.rejected: list[tuple[str, str]] = []
+        self._runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{NODE_IP}:{self.port}/webhook"
+
+    async def start(self) -> "WebhookSink":
+        from aiohttp import web
+
+        async def handle(request: "web.Request") -> "web.Response":
+            body = await request.text()
+            auth = request.headers.get("Authorization", "")
+            try:
+                event = self.receiver.receive(body, auth)
+            except Exception as e:  # noqa: BLE001 - any failure is a rejection
+                self.rejected.append((body, f"{type(e).__name__}: {e}"))
+                return web.Response(status=401, text=str(e))
+            self.deliveries.append(
+                Delivery(body, auth, request.headers.get("Content-Type", ""), event)
+            )
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/webhook", handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, NODE_IP, self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def events(self, room: Optional[str] = None) -> list[str]:
+        return [
+            d.event.event
+            for d in self.deliveries
+            if room is None or d.event.room.name == room
+        ]

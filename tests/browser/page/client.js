@@ -198,6 +198,7 @@
         .on(R.ConnectionStateChanged, (s) => record('connectionStateChanged', { state: s }))
         .on(R.Disconnected, (reason) => record('disconnected', { reason }))
         .on(R.Reconnecting, () => record('reconnecting', {}))
+        .on(R.SignalReconnecting, () => record('signalReconnecting', {}))
         .on(R.Reconnected, () => record('reconnected', {}))
         .on(R.ParticipantConnected, (p) => record('participantConnected', { identity: p.identity }))
         .on(R.ParticipantDisconnected, (p) => record('participantDisconnected', { identity: p.identity }))
@@ -397,6 +398,31 @@
 
     async peerConnections() {
       return { states: pcStates(), stats: await pcStats() };
+    },
+
+    // The ICE ufrags each peer connection uses now, local and remote (an ICE
+    // restart changes both), and which side offered.
+    iceUfrags() {
+      const ufrag = (desc) => {
+        const m = desc && /a=ice-ufrag:(\S+)/.exec(desc.sdp);
+        return m ? m[1] : null;
+      };
+      return window.aviaryPeerConnections
+        .filter((pc) => pc.connectionState !== 'closed')
+        .map((pc) => ({
+          id: pc.aviaryId,
+          local: ufrag(pc.currentLocalDescription || pc.localDescription),
+          remote: ufrag(pc.currentRemoteDescription || pc.remoteDescription),
+          remoteType: pc.remoteDescription ? pc.remoteDescription.type : null,
+          connection: pc.connectionState,
+        }));
+    },
+
+    // livekit-client's test hook (room.simulateScenario): 'signal-reconnect',
+    // 'resume-reconnect', 'disconnect-signal-on-resume', 'speaker', ...
+    async simulate(scenario, arg) {
+      await needRoom().simulateScenario(scenario, arg);
+      return { state: needRoom().state };
     },
 
     async disconnect() {
