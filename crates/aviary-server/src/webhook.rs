@@ -6,8 +6,9 @@
 //! with `webhook.api_key`'s secret whose `sha256` claim is the base64 SHA-256 of the body.
 //!
 //! Rooms never wait for an endpoint: [`Notifier::on_event`] only queues. Each (URL, room)
-//! pair has its own bounded FIFO queue and one sender task, so a room's events arrive in
-//! order, and a dead endpoint or a slow room holds up only itself. An event that finds its
+//! pair (a room by its sid: a room made again under the same name is another room) has
+//! its own bounded FIFO queue and one sender task, so a room's events arrive in order, and
+//! a dead endpoint or a slow room holds up only itself. An event that finds its
 //! queue full, or waited too long, is dropped, logged and counted; a failed POST is retried
 //! with backoff (upstream's client: five attempts, 1 s doubling up to 30 s).
 
@@ -147,7 +148,7 @@ impl Notifier {
         }
     }
 
-    fn enqueue(&self, url: usize, room: &str, body: String, last: bool) {
+    fn enqueue(&self, url: usize, room: &str, body: &str, last: bool) {
         let mut queues = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         let key = (url, room.to_string());
         let tx = queues
@@ -166,7 +167,7 @@ impl Notifier {
             queues.remove(&key);
         }
         let job = Job {
-            body,
+            body: body.to_string(),
             queued: Instant::now(),
         };
         if tx.try_send(job).is_err() {
@@ -194,9 +195,9 @@ impl EventListener for Notifier {
             }
         };
         let last = matches!(event, RoomEvent::RoomFinished { .. });
-        let room = event.room().name.clone();
+        let room = &event.room().sid;
         for url in 0..self.shared.urls.len() {
-            self.enqueue(url, &room, body.clone(), last);
+            self.enqueue(url, room, &body, last);
         }
     }
 }

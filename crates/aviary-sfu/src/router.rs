@@ -291,16 +291,17 @@ impl Router {
             .transports
             .get_mut(&id)
             .ok_or(NegotiateError::NotFound(id))?;
-        let result = t.accept_answer(sdp, &mut self.sink);
-        let result = result.map(|assigned| self.assign_mids(id, assigned));
+        let (result, assigned) = t.accept_answer(sdp, &mut self.sink);
+        self.assign_mids(id, assigned);
         self.after(id);
         result
     }
 
     /// Restarts ICE on a subscriber transport: a new offer with fresh local credentials
-    /// follows as [`Event::OfferReady`], carrying every change the client has not answered
-    /// yet. Returns the new local ufrag, which the caller must route to this transport from
-    /// now on (the old one stays valid until the client answers).
+    /// follows as [`Event::OfferReady`] (after the answer to an offer still in flight, which
+    /// is sent again first). Returns the transport's ufrag: the new one when the restart
+    /// offer was made now, which the caller must route to this transport from now on (the
+    /// old one stays valid until the client answers).
     pub fn restart_ice(&mut self, id: TransportId) -> Result<String, NegotiateError> {
         let t = self
             .transports
@@ -800,8 +801,10 @@ impl Router {
     fn assign_mids(&mut self, transport: TransportId, assigned: Vec<(ConsumerId, Mid)>) {
         for (consumer, mid) in assigned {
             if let Some(c) = self.consumers.get_mut(&consumer) {
-                // Offered again after an ICE restart dropped the unanswered offer.
-                if let Some(old) = c.mid.replace(mid) {
+                // Offered again after str0m refused the answer to the first offer.
+                if let Some(old) = c.mid.replace(mid)
+                    && self.consumer_by_mid.get(&(transport, old)) == Some(&consumer)
+                {
                     self.consumer_by_mid.remove(&(transport, old));
                 }
                 self.consumer_by_mid.insert((transport, mid), consumer);

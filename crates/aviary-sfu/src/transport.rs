@@ -146,15 +146,16 @@ enum Change {
         track_id: String,
     },
     /// Stop sending on a consumer's m-line (the consumer closed).
-    StopMedia { consumer: ConsumerId, mid: Mid },
+    StopMedia(Mid),
 }
 
-/// Our offer awaiting its answer: str0m's token, and the changes it carries, kept so that
-/// an ICE restart can offer them again if this offer is never answered.
+/// Our offer awaiting its answer: str0m's token, the changes it carries (offered again if
+/// str0m refuses the answer) and its SDP (sent again on an ICE restart).
 struct InFlight {
     pending: SdpPendingOffer,
     changes: Vec<Change>,
     sdp: String,
+    ice_restart: bool,
 }
 
 /// One peer connection.
@@ -266,54 +267,33 @@ impl Transport {
     /// Stops a consumer's m-line, or drops its queued addition if it was never offered.
     pub(crate) fn remove_consumer_media(&mut self, consumer: ConsumerId, mid: Option<Mid>) {
         match mid {
-            Some(mid) => self.changes.push(Change::StopMedia { consumer, mid }),
+            Some(mid) => self.changes.push(Change::StopMedia(mid)),
             None => self
                 .changes
                 .retain(|c| !matches!(c, Change::AddMedia { consumer: id, .. } if *id == consumer)),
         }
     }
 
-    /// Restarts ICE with new local credentials: the next offer carries them, together with
-    /// every change not answered yet (an offer in flight is dropped and its changes offered
-    /// again, since a client that lost its signaling may never have seen it). Returns the
-    /// mids given to consumers' m-lines, which may differ from those of the dropped offer.
-    ///
-    /// Before the client ever answered there is no ICE session to restart: the offer in
-    /// flight, if any, is sent again as it was.
+    /// Restarts ICE with new local credentials, carried by the next offer. An offer still
+    /// in flight is sent again as it was, and the restart follows its answer: the client may
+    /// never have seen it, or may have applied it and lost its answer, and the same SDP with
+    /// the same mids suits both (str0m cannot keep a dropped offer's mids). Before the client
+    /// ever answered there is no ICE session to restart; the offer in flight is only sent
+    /// again. Returns the mids given to consumers' m-lines by an offer made now.
     pub(crate) fn restart_ice(&mut self, sink: &mut Sink) -> Vec<(ConsumerId, Mid)> {
-        if !self.negotiated {
-            if let Some(f) = &self.pending_offer {
-                sink.out.push_back(Output::Event(Event::OfferReady {
-                    transport: self.id,
-                    sdp: f.sdp.clone(),
-                    ice_restart: false,
-                }));
+        if let Some(f) = &self.pending_offer {
+            sink.out.push_back(Output::Event(Event::OfferReady {
+                transport: self.id,
+                sdp: f.sdp.clone(),
+                ice_restart: f.ice_restart,
+            }));
+            if self.negotiated && !f.ice_restart {
+                self.restart_ice = true;
             }
             return Vec::new();
         }
-        if let Some(f) = self.pending_offer.take() {
-            let mut changes = f.changes;
-            // A consumer added by the dropped offer and closed since needs neither change.
-            let gone: Vec<ConsumerId> = self
-                .changes
-                .iter()
-                .filter_map(|c| match c {
-                    Change::StopMedia { consumer, .. } if adds(&changes, *consumer) => {
-                        Some(*consumer)
-                    }
-                    _ => None,
-                })
-                .collect();
-            let keep = |c: &Change| match c {
-                Change::AddMedia { consumer, .. } | Change::StopMedia { consumer, .. } => {
-                    !gone.contains(consumer)
-                }
-                Change::ServerChannels => true,
-            };
-            changes.retain(keep);
-            self.changes.retain(keep);
-            changes.append(&mut self.changes);
-            self.changes = changes;
+        if !self.negotiated {
+            return Vec::new();
         }
         self.restart_ice = true;
         self.offer_if_needed(sink)
@@ -366,7 +346,7 @@ impl Transport {
                     );
                     assigned.push((consumer, mid));
                 }
-                Change::StopMedia { mid, .. } => api.set_direction(mid, Direction::Inactive),
+                Change::StopMedia(mid) => api.set_direction(mid, Direction::Inactive),
             }
         }
         if let Some((offer, pending)) = api.apply() {
@@ -375,6 +355,7 @@ impl Transport {
                 pending,
                 changes,
                 sdp: sdp.clone(),
+                ice_restart,
             });
             sink.out.push_back(Output::Event(Event::OfferReady {
                 transport: self.id,
@@ -409,23 +390,38 @@ impl Transport {
         Ok(answer.to_sdp_string())
     }
 
-    /// Takes the answer to our offer; returns the mids of a follow-up offer, if one was made.
+    /// Takes the answer to our offer. A follow-up offer is made if changes waited (or if
+    /// str0m refused the answer: the refused offer's changes are offered again); the mids it
+    /// gave consumers' m-lines come back with the answer's outcome.
     pub(crate) fn accept_answer(
         &mut self,
         sdp: &str,
         sink: &mut Sink,
-    ) -> Result<Vec<(ConsumerId, Mid)>, NegotiateError> {
-        let answer = SdpAnswer::from_sdp_string(sdp)
-            .map_err(|e| NegotiateError::Malformed(e.to_string()))?;
-        let in_flight = self
-            .pending_offer
-            .take()
-            .ok_or(NegotiateError::NoPendingOffer(self.id))?;
+    ) -> (Result<(), NegotiateError>, Vec<(ConsumerId, Mid)>) {
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => return (Err(NegotiateError::Malformed(e.to_string())), Vec::new()),
+        };
+        let Some(in_flight) = self.pending_offer.take() else {
+            return (Err(NegotiateError::NoPendingOffer(self.id)), Vec::new());
+        };
         let result = self.rtc.sdp_api().accept_answer(in_flight.pending, answer);
         self.drive(sink);
-        result.map_err(|e| NegotiateError::Refused(e.to_string()))?;
-        self.negotiated = true;
-        Ok(self.offer_if_needed(sink))
+        let result = match result {
+            Ok(()) => {
+                self.negotiated = true;
+                Ok(())
+            }
+            Err(e) => {
+                // str0m consumed its token: what the offer carried goes into the next one.
+                let mut changes = in_flight.changes;
+                changes.append(&mut self.changes);
+                self.changes = changes;
+                self.restart_ice |= in_flight.ice_restart;
+                Err(NegotiateError::Refused(e.to_string()))
+            }
+        };
+        (result, self.offer_if_needed(sink))
     }
 
     pub(crate) fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), NegotiateError> {
@@ -575,11 +571,4 @@ impl Transport {
             other => trace!(%transport, ?other, "unhandled rtc event"),
         }
     }
-}
-
-/// Whether `changes` adds an m-line for `consumer`.
-fn adds(changes: &[Change], consumer: ConsumerId) -> bool {
-    changes
-        .iter()
-        .any(|c| matches!(c, Change::AddMedia { consumer: id, .. } if *id == consumer))
 }

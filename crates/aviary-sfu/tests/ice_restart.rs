@@ -77,7 +77,7 @@ fn a_subscriber_restart_changes_credentials_and_media_keeps_flowing() {
 }
 
 #[test]
-fn changes_in_an_unanswered_offer_are_offered_again_by_the_restart() {
+fn an_unanswered_offer_is_sent_again_and_the_restart_follows_its_answer() {
     let mut sim = Sim::new(4);
     let (alice, mids) = sim.join_publisher("alice", &[MediaKind::Video, MediaKind::Audio]);
     let bob = sim.join_subscriber("bob");
@@ -103,28 +103,36 @@ fn changes_in_an_unanswered_offer_are_offered_again_by_the_restart() {
     let options = aviary_sfu::ConsumerOptions::new(audio, transport, "s".into(), "a".into());
     let consumer = sim.router.consume(options).expect("consume");
     sim.drain_router();
-    sim.router_events
-        .retain(|e| !matches!(e, Event::OfferReady { .. }));
-    assert!(sim.router.transport(transport).unwrap().has_pending_offer());
+    let first = offers(&mut sim);
+    assert_eq!(first.len(), 1);
+    let old = sim
+        .router
+        .transport(transport)
+        .unwrap()
+        .ice_ufrag()
+        .to_string();
 
     sim.router.restart_ice(transport).expect("restart");
     sim.drain_router();
-    let offer = sim
-        .router_events
-        .iter()
-        .find_map(|e| match e {
-            Event::OfferReady { sdp, .. } => Some(sdp.clone()),
-            _ => None,
-        })
-        .expect("a new offer");
-    let parsed = SdpOffer::from_sdp_string(&offer).unwrap();
-    let audio_lines = parsed.to_sdp_string().matches("m=audio").count();
+    let again = offers(&mut sim);
     assert_eq!(
-        audio_lines, 1,
-        "the audio m-line is offered again:\n{offer}"
+        again,
+        [(first[0].0.clone(), false)],
+        "the offer in flight is sent again as it was, mids included"
     );
+    // Bob answers it: the audio m-line is his, and the restart offer follows at once.
+    answer(&mut sim, bob, &again[0].0);
+    let restart = offers(&mut sim);
+    assert!(
+        matches!(&restart[..], [(sdp, true)] if offer_ufrag(sdp) != old),
+        "then the restart, with new credentials: {restart:?}"
+    );
+    assert_eq!(
+        sim.router.transport(transport).unwrap().ice_ufrag(),
+        offer_ufrag(&restart[0].0)
+    );
+    answer(&mut sim, bob, &restart[0].0);
     sim.hold_offers = false;
-    sim.answer_pending_offers();
     sim.run_for(Duration::from_millis(100));
     assert!(sim.router.consumer(consumer).unwrap().mid().is_some());
 
@@ -135,6 +143,34 @@ fn changes_in_an_unanswered_offer_are_offered_again_by_the_restart() {
         .filter(|p| payload_seq(p) >= 2)
         .count();
     assert!(audio_in >= 18, "audio reaches bob: {audio_in} packets");
+}
+
+/// Takes the offers the router made: (sdp, ice restart).
+fn offers(sim: &mut Sim) -> Vec<(String, bool)> {
+    let out = sim
+        .router_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OfferReady {
+                sdp, ice_restart, ..
+            } => Some((sdp.clone(), *ice_restart)),
+            _ => None,
+        })
+        .collect();
+    sim.router_events
+        .retain(|e| !matches!(e, Event::OfferReady { .. }));
+    out
+}
+
+/// Client `idx` answers `offer`, and the router takes the answer.
+fn answer(sim: &mut Sim, idx: usize, offer: &str) {
+    let offer = SdpOffer::from_sdp_string(offer).unwrap();
+    let answer = sim.clients[idx].rtc.sdp_api().accept_offer(offer).unwrap();
+    let transport = sim.clients[idx].transport;
+    sim.router
+        .accept_answer(transport, &answer.to_sdp_string())
+        .expect("answer taken");
+    sim.drain_router();
 }
 
 #[test]

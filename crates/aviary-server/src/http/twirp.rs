@@ -40,6 +40,9 @@ pub enum TwirpError {
     /// No such method, or an unsupported content type.
     #[error("{0}")]
     BadRoute(String),
+    /// The server cannot take it now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl TwirpError {
@@ -51,6 +54,7 @@ impl TwirpError {
             TwirpError::InvalidArgument(_) => ("invalid_argument", StatusCode::BAD_REQUEST),
             TwirpError::Malformed(_) => ("malformed", StatusCode::BAD_REQUEST),
             TwirpError::BadRoute(_) => ("bad_route", StatusCode::NOT_FOUND),
+            TwirpError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }
@@ -78,6 +82,7 @@ impl From<ServiceError> for TwirpError {
                 TwirpError::InvalidArgument(m)
             }
             ServiceError::PermissionDenied(m) => TwirpError::PermissionDenied(m),
+            ServiceError::ShuttingDown => TwirpError::Unavailable(e.to_string()),
         }
     }
 }

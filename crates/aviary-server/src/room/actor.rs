@@ -225,7 +225,8 @@ pub(super) fn spawn(core: RoomCore, ctx: RoomContext) -> (RoomHandle, tokio::tas
     (handle, task)
 }
 
-/// Closes the room's media and deregisters it if the task ends without closing (a panic).
+/// Closes the room's media, deregisters it and reports it finished if the task ends without
+/// closing (a panic): links close with the task's senders, and clients rejoin a new room.
 struct Guard {
     ctx: RoomContext,
     sid: RoomSid,
@@ -240,6 +241,20 @@ impl Drop for Guard {
                 room: self.sid.clone(),
             });
             (self.ctx.on_closed)(&self.sid);
+            let room = self
+                .ctx
+                .summary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .info
+                .clone();
+            let finished = RoomEvent::RoomFinished {
+                room,
+                reason: RoomEndReason::RoomEndUnknown,
+            };
+            for l in self.ctx.listeners.iter() {
+                l.on_event(&finished);
+            }
         }
     }
 }

@@ -195,9 +195,18 @@ impl RoomCore {
         };
         let old = p.session.attach(link);
         let last_message_seq = p.session.last_reliable_seq();
-        // Lost media gets a fresh grace period for the ICE restart this resume starts.
-        for lost in p.session.media_lost.iter_mut().flatten() {
-            *lost = now.at;
+        // Lost media gets a fresh grace period for the ICE restart this resume starts, once
+        // per loss.
+        if !p.session.grace_extended && p.session.media_lost_since().is_some() {
+            p.session.grace_extended = true;
+            for lost in p.session.media_lost.iter_mut().flatten() {
+                *lost = now.at;
+            }
+        }
+        // A publisher connection without tracks need not come back (SDKs restart it only
+        // when they publish media).
+        if p.info.tracks.is_empty() && p.pending_tracks.is_empty() {
+            p.session.media_lost[proto::SignalTarget::Publisher as usize] = None;
         }
         let refuse = match &mut p.session.refuse_resumes {
             Some((until, left)) if now.at < *until && *left > 0 => {
@@ -260,6 +269,7 @@ impl RoomCore {
                 room: Some(self.info.clone()),
             }),
         );
+        self.replay_on_resume(&sid);
         self.media(WorkerCommand::RestartIce {
             key: self.key(&sid),
         });
@@ -272,6 +282,37 @@ impl RoomCore {
             self.close_link(link);
         }
         Ok(sid)
+    }
+
+    /// What a session may have missed while detached that a resume's participant and room
+    /// updates do not carry: dynacast's wanted qualities (the worker tells only changes),
+    /// subscriptions a publisher's permission denies, and RoomService mutes.
+    fn replay_on_resume(&mut self, sid: &ParticipantSid) {
+        let Some(p) = self.participant_mut(sid.as_str()) else {
+            return;
+        };
+        let mut messages: Vec<Message> = p
+            .quality_updates
+            .values()
+            .cloned()
+            .map(Message::SubscribedQualityUpdate)
+            .collect();
+        messages.extend(
+            p.subscriptions
+                .iter()
+                .filter(|(_, s)| s.denied)
+                .map(|(track, s)| {
+                    Message::SubscriptionPermissionUpdate(proto::SubscriptionPermissionUpdate {
+                        participant_sid: s.publisher.to_string(),
+                        track_sid: track.to_string(),
+                        allowed: false,
+                    })
+                }),
+        );
+        messages.extend(p.missed_mutes.drain(..).map(Message::Mute));
+        for m in messages {
+            self.send(sid.as_str(), m);
+        }
     }
 
     /// A link went away without a `LeaveRequest`: the session stays (media keeps flowing,

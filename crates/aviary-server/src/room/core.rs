@@ -433,13 +433,14 @@ impl RoomCore {
             }
         }
         let tracks = std::mem::take(&mut gone.info.tracks);
-        for track in tracks {
+        for track in tracks.into_iter().filter(|_| gone.session.was_active) {
             self.emit(RoomEvent::TrackUnpublished {
                 room: self.info.clone(),
                 participant: gone.info.clone(),
                 track,
             });
         }
+        self.simulated_speakers.retain(|(_, s)| *s != gone_sid);
         gone.info.state = proto::participant_info::State::Disconnected as i32;
         gone.info.disconnect_reason = reason as i32;
         gone.info.version += 1;

@@ -2,7 +2,7 @@
 //! worker), and RoomService's calls, which run on the room's own task.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct RoomManager {
     next_link: AtomicU64,
     listeners: Arc<[Arc<dyn EventListener>]>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set at shutdown: no room is made after the rooms were closed.
+    closing: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,6 +69,7 @@ impl RoomManager {
             next_link: AtomicU64::new(1),
             listeners: listeners.into(),
             tasks: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -154,7 +157,9 @@ impl RoomManager {
         for _ in 0..JOIN_ATTEMPTS {
             let room = match self.find(&name) {
                 Some(room) => room,
-                None if self.settings.defaults.auto_create => self.create(&name, |_| {}).0,
+                None if self.settings.defaults.auto_create => {
+                    self.create(&name, |_| {}).ok_or(JoinError::RoomClosed)?.0
+                }
                 None => return Err(JoinError::RoomNotFound),
             };
             match room.join(req.clone(), link.clone()).await {
@@ -202,16 +207,19 @@ impl RoomManager {
     }
 
     /// The room with this name, made with `configure` applied if there is none (or only a
-    /// dead one). Returns its handle and info.
+    /// dead one). Returns its handle and info; `None` once the server is shutting down.
     fn create(
         &self,
         name: &str,
         configure: impl FnOnce(&mut proto::Room),
-    ) -> (RoomHandle, proto::Room) {
+    ) -> Option<(RoomHandle, proto::Room)> {
         let mut rooms = lock(&self.rooms);
+        if self.closing.load(Ordering::Relaxed) {
+            return None;
+        }
         if let Some(e) = rooms.get(name).filter(|e| !e.handle.is_gone()) {
             let info = lock(&e.summary).info.clone();
-            return (e.handle.clone(), info);
+            return Some((e.handle.clone(), info));
         }
         let now = Now::system();
         let defaults = &self.settings.defaults;
@@ -264,7 +272,7 @@ impl RoomManager {
         let mut tasks = lock(&self.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
-        (handle, info)
+        Some((handle, info))
     }
 
     /// The next live worker, round robin.
@@ -304,7 +312,7 @@ impl RoomManager {
             ));
         }
         check_metadata(&self.settings.limits, &req.metadata, &HashMap::new())?;
-        let (_, info) = self.create(&req.name, |info| {
+        let created = self.create(&req.name, |info| {
             if req.empty_timeout > 0 {
                 info.empty_timeout = req.empty_timeout;
             }
@@ -316,6 +324,7 @@ impl RoomManager {
             }
             info.metadata = req.metadata.clone();
         });
+        let (_, info) = created.ok_or(ServiceError::ShuttingDown)?;
         Ok(info)
     }
 
@@ -475,7 +484,12 @@ impl RoomManager {
     /// Closes every room (server shutdown): each participant is told, each room reports
     /// `room_finished`. Waits for the rooms' tasks, at most `deadline`.
     pub async fn close_all(&self, deadline: Duration) {
-        let rooms: Vec<RoomHandle> = lock(&self.rooms).drain().map(|(_, e)| e.handle).collect();
+        let rooms: Vec<RoomHandle> = {
+            let mut registry = lock(&self.rooms);
+            // Under the registry lock: no room can be made between this and the drain.
+            self.closing.store(true, Ordering::Relaxed);
+            registry.drain().map(|(_, e)| e.handle).collect()
+        };
         let closes = rooms.into_iter().map(|room| async move {
             let _ = room
                 .call(|core, now| {

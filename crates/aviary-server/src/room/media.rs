@@ -32,6 +32,16 @@ impl RoomCore {
                 let Some(p) = self.participant_mut(participant.as_str()) else {
                     return;
                 };
+                let Some(link) = p.session.link else {
+                    // Offered again on resume (the worker keeps it in flight).
+                    return;
+                };
+                let hash = sdp_hash(&sdp);
+                if p.session.last_offer == Some((link, hash)) {
+                    tracing::debug!(participant = %participant, "the same offer again on this link; not sent twice");
+                    return;
+                }
+                p.session.last_offer = Some((link, hash));
                 p.session.offer_id += 1;
                 let id = p.session.offer_id;
                 if ice_restart {
@@ -75,17 +85,28 @@ impl RoomCore {
                 if was_lost {
                     tracing::info!(participant = %participant, ?direction, "media back");
                 }
+                if p.session.media_lost.iter().all(Option::is_none) {
+                    p.session.grace_extended = false;
+                }
                 if !p.session.was_active {
                     p.session.was_active = true;
                     if let Some(info) = self.update_info(participant.as_str(), |i| {
                         i.state = proto::participant_info::State::Active as i32;
                     }) {
                         // As upstream: an application hears of a participant once it is
-                        // really connected.
+                        // really connected, and of its tracks after that.
+                        let tracks = info.tracks.clone();
                         self.emit(RoomEvent::ParticipantJoined {
                             room: self.info.clone(),
-                            participant: info,
+                            participant: info.clone(),
                         });
+                        for track in tracks {
+                            self.emit(RoomEvent::TrackPublished {
+                                room: self.info.clone(),
+                                participant: info.clone(),
+                                track,
+                            });
+                        }
                     }
                 }
             }
@@ -250,4 +271,11 @@ impl RoomCore {
             );
         }
     }
+}
+
+fn sdp_hash(sdp: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sdp.hash(&mut h);
+    h.finish()
 }

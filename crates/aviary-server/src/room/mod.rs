@@ -63,6 +63,9 @@ pub enum ServiceError {
     /// A kind of thing this server does not handle.
     #[error("{0}")]
     Unsupported(String),
+    /// The server is shutting down and takes no new rooms.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// A `LeaveRequest` asking the client to join again from scratch (the SDKs' "full

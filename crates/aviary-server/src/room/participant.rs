@@ -34,6 +34,11 @@ pub struct Participant {
     pub subscriptions: HashMap<TrackSid, Subscription>,
     /// Who may receive its tracks (`SubscriptionPermission`); `None` is everyone.
     pub track_permissions: Option<proto::SubscriptionPermission>,
+    /// The last `SubscribedQualityUpdate` per published track (dynacast), sent again on a
+    /// resume: the worker tells only changes.
+    pub quality_updates: HashMap<TrackSid, proto::SubscribedQualityUpdate>,
+    /// RoomService mutes of its tracks made while no link was attached, told on resume.
+    pub missed_mutes: Vec<proto::MuteTrackRequest>,
 }
 
 impl Participant {
@@ -46,6 +51,8 @@ impl Participant {
             session,
             subscriptions: HashMap::new(),
             track_permissions: None,
+            quality_updates: HashMap::new(),
+            missed_mutes: Vec::new(),
         }
     }
 

@@ -111,11 +111,18 @@ impl RoomCore {
             i.tracks.push(track.clone());
         })?;
         self.auto_subscribe_to_track(sid, &track_sid);
-        self.emit(RoomEvent::TrackPublished {
-            room: self.info.clone(),
-            participant: info,
-            track: track.clone(),
-        });
+        // Applications hear of tracks of participants they know have joined (connected):
+        // the others' tracks are reported with their join.
+        if self
+            .participant(sid.as_str())
+            .is_some_and(|p| p.session.was_active)
+        {
+            self.emit(RoomEvent::TrackPublished {
+                room: self.info.clone(),
+                participant: info,
+                track: track.clone(),
+            });
+        }
         tracing::info!(
             room = self.info.name,
             participant = %sid,
@@ -139,6 +146,9 @@ impl RoomCore {
         for p in &mut self.participants {
             p.subscriptions.remove(track_sid.as_str());
         }
+        if let Some(p) = self.participant_mut(sid.as_str()) {
+            p.quality_updates.remove(track_sid);
+        }
         let Some(info) = self.update_info(sid.as_str(), |i| {
             i.tracks.retain(|t| t.sid != track_sid.as_str());
         }) else {
@@ -150,11 +160,16 @@ impl RoomCore {
                 track_sid: track_sid.to_string(),
             }),
         );
-        self.emit(RoomEvent::TrackUnpublished {
-            room: self.info.clone(),
-            participant: info,
-            track,
-        });
+        if self
+            .participant(sid.as_str())
+            .is_some_and(|p| p.session.was_active)
+        {
+            self.emit(RoomEvent::TrackUnpublished {
+                room: self.info.clone(),
+                participant: info,
+                track,
+            });
+        }
     }
 
     /// `MuteTrackRequest` from the publisher; others are told only of a real change.
@@ -192,13 +207,18 @@ impl RoomCore {
             .ok_or_else(|| ServiceError::TrackNotFound(req.track_sid.clone()))?;
         track.muted = req.muted;
         self.set_track_muted(&sid, &req.track_sid, req.muted);
-        self.send(
-            sid.as_str(),
-            Message::Mute(proto::MuteTrackRequest {
-                sid: req.track_sid.clone(),
-                muted: req.muted,
-            }),
-        );
+        let mute = proto::MuteTrackRequest {
+            sid: req.track_sid.clone(),
+            muted: req.muted,
+        };
+        if let Some(p) = self.participant_mut(sid.as_str())
+            && p.session.link.is_none()
+        {
+            // Told when it resumes.
+            p.missed_mutes.retain(|m| m.sid != mute.sid);
+            p.missed_mutes.push(mute.clone());
+        }
+        self.send(sid.as_str(), Message::Mute(mute));
         Ok(track)
     }
 
@@ -216,6 +236,9 @@ impl RoomCore {
             return;
         };
         let update = quality::subscribed_qualities(track, max_layer);
+        if let Some(p) = self.participant_mut(sid.as_str()) {
+            p.quality_updates.insert(track_sid.clone(), update.clone());
+        }
         self.send(sid.as_str(), Message::SubscribedQualityUpdate(update));
     }
 

@@ -35,8 +35,15 @@ pub struct Session {
     /// (publisher 0, subscriber 1): candidates are trickled once per ICE session.
     pub trickled_ufrag: [String; 2],
     /// Since when ICE has lost the client, per connection (publisher 0, subscriber 1);
-    /// it may come back by an ICE restart.
+    /// it may come back by an ICE restart. The grace runs from here.
     pub media_lost: [Option<Instant>; 2],
+    /// A resume already restarted the grace of the current loss (it is restarted once,
+    /// so that resuming again and again cannot hold a dead session).
+    pub grace_extended: bool,
+    /// The last subscriber offer sent, by link: a copy of it sent again on the same link
+    /// (an offer the worker had in flight, sent again for a resume that raced with it)
+    /// is not sent twice.
+    pub last_offer: Option<(LinkId, u64)>,
     /// Set once the participant has been ACTIVE (its media connected at least once).
     pub was_active: bool,
     /// When it joined.
@@ -62,6 +69,8 @@ impl Session {
             publisher_offer_ids: VecDeque::new(),
             trickled_ufrag: Default::default(),
             media_lost: [None; 2],
+            grace_extended: false,
+            last_offer: None,
             was_active: false,
             joined_at: now,
             disconnect_on_resume: None,

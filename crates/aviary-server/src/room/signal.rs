@@ -45,10 +45,19 @@ impl RoomCore {
                     sdp: sd.sdp,
                 });
             }
-            Req::Answer(sd) => self.media(WorkerCommand::SubscriberAnswer {
-                key: self.key(from),
-                sdp: sd.sdp,
-            }),
+            Req::Answer(sd) => {
+                // An answer naming an older offer than the last one sent (a resume raced
+                // with an offer) would be taken for the newer one's.
+                let current = self.participant(from.as_str()).map(|p| p.session.offer_id);
+                if sd.id != 0 && Some(sd.id) != current {
+                    tracing::debug!(participant = %from, id = sd.id, ?current, "stale answer dropped");
+                    return;
+                }
+                self.media(WorkerCommand::SubscriberAnswer {
+                    key: self.key(from),
+                    sdp: sd.sdp,
+                });
+            }
             Req::Trickle(t) => {
                 let target = if t.target == proto::SignalTarget::Subscriber as i32 {
                     TransportDirection::Subscriber

@@ -910,3 +910,195 @@ fn webhook_bodies_trim_track_events_as_upstream() {
     );
     assert_eq!(hook.participant.unwrap().metadata, "m");
 }
+
+#[test]
+fn tracks_are_reported_after_their_publisher_joined() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    publish(&mut r, &clock, &a, "mic");
+    assert!(
+        events(&drain(&mut r)).is_empty(),
+        "nothing before a's media connects"
+    );
+    connect(&mut r, &clock, &a);
+    assert_eq!(
+        events(&drain(&mut r)),
+        ["participant_joined", "track_published"]
+    );
+}
+
+#[test]
+fn a_resume_tells_what_the_session_missed() {
+    let clock = Clock::new();
+    let mut r = room_with(
+        RoomConfig {
+            enable_remote_unmute: true,
+            ..Default::default()
+        },
+        &clock,
+    );
+    let publisher = join(&mut r, &clock, "pub", 1);
+    let sub = join(&mut r, &clock, "sub", 2);
+    for p in [&publisher, &sub] {
+        connect(&mut r, &clock, p);
+    }
+    let track = publish(&mut r, &clock, &publisher, "mic");
+    // Dynacast told the publisher what is wanted; the publisher denies the subscriber.
+    r.handle_media(
+        clock.now(),
+        MediaEvent::SubscribedLayers {
+            participant: publisher.clone(),
+            track_sid: track.clone(),
+            max_layer: Some(1),
+        },
+    );
+    request(
+        &mut r,
+        &clock,
+        &publisher,
+        1,
+        Req::SubscriptionPermission(proto::SubscriptionPermission {
+            all_participants: false,
+            track_permissions: vec![],
+        }),
+    );
+    drain(&mut r);
+    // Both lose their links; the server mutes the publisher's track meanwhile.
+    r.detach(clock.now(), &publisher, LinkId(1));
+    r.detach(clock.now(), &sub, LinkId(2));
+    r.mute_published_track(&proto::MuteRoomTrackRequest {
+        room: "r".into(),
+        identity: "pub".into(),
+        track_sid: track.to_string(),
+        muted: true,
+    })
+    .unwrap();
+    drain(&mut r);
+    let resume = |r: &mut RoomCore, who: &str, link: u64| {
+        r.resume(
+            clock.now(),
+            ResumeRequest {
+                claims: claims(who),
+                participant_sid: None,
+            },
+            LinkId(link),
+        )
+        .unwrap();
+        signals(&drain(r), link)
+    };
+    let to_pub = resume(&mut r, "pub", 3);
+    assert!(
+        to_pub.iter().any(
+            |m| matches!(m, Resp::SubscribedQualityUpdate(u) if u.track_sid == track.as_str())
+        ),
+        "{to_pub:?}"
+    );
+    assert!(
+        to_pub
+            .iter()
+            .any(|m| matches!(m, Resp::Mute(m) if m.muted && m.sid == track.as_str()))
+    );
+    let to_sub = resume(&mut r, "sub", 4);
+    assert!(
+        to_sub
+            .iter()
+            .any(|m| matches!(m, Resp::SubscriptionPermissionUpdate(u) if !u.allowed))
+    );
+    assert!(
+        matches!(to_sub[0], Resp::Reconnect(_)),
+        "still the ReconnectResponse first"
+    );
+}
+
+#[test]
+fn a_stale_answer_and_a_repeated_offer_are_dropped() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    drain(&mut r);
+    let offer = |r: &mut RoomCore, sdp: &str| {
+        r.handle_media(
+            clock.now(),
+            MediaEvent::SubscriberOffer {
+                participant: a.clone(),
+                sdp: sdp.into(),
+                ice_restart: false,
+            },
+        );
+        signals(&drain(r), 1)
+            .into_iter()
+            .filter_map(|m| match m {
+                Resp::Offer(o) => Some(o.id),
+                _ => None,
+            })
+            .collect::<Vec<u32>>()
+    };
+    assert_eq!(offer(&mut r, "v=0 one"), [1]);
+    assert_eq!(
+        offer(&mut r, "v=0 one"),
+        Vec::<u32>::new(),
+        "not twice on one link"
+    );
+    assert_eq!(offer(&mut r, "v=0 two"), [2]);
+    let answer = |r: &mut RoomCore, id| {
+        request(
+            r,
+            &clock,
+            &a,
+            1,
+            Req::Answer(proto::SessionDescription {
+                r#type: "answer".into(),
+                sdp: "v=0".into(),
+                id,
+                ..Default::default()
+            }),
+        );
+        commands(&drain(r)).len()
+    };
+    assert_eq!(answer(&mut r, 1), 0, "the answer to offer 1 is stale");
+    assert_eq!(answer(&mut r, 2), 1);
+    assert_eq!(
+        answer(&mut r, 0),
+        1,
+        "clients that send no id are taken at their word"
+    );
+}
+
+#[test]
+fn resuming_again_and_again_does_not_hold_a_dead_session() {
+    let mut clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    connect(&mut r, &clock, &a);
+    r.handle_media(
+        clock.now(),
+        MediaEvent::Disconnected {
+            participant: a.clone(),
+            direction: TransportDirection::Subscriber,
+        },
+    );
+    let mut link = 2;
+    let mut resume = |r: &mut RoomCore, now| {
+        link += 1;
+        r.resume(
+            now,
+            ResumeRequest {
+                claims: claims("a"),
+                participant_sid: None,
+            },
+            LinkId(link),
+        )
+        .unwrap();
+    };
+    resume(&mut r, clock.advance(Duration::from_secs(4)));
+    r.handle_timeout(clock.advance(Duration::from_secs(4)));
+    assert_eq!(
+        r.participants().len(),
+        1,
+        "the first resume restarted the grace"
+    );
+    resume(&mut r, clock.now());
+    r.handle_timeout(clock.advance(Duration::from_secs(1)));
+    assert!(r.participants().is_empty(), "the second did not");
+}

@@ -39,6 +39,8 @@ const RECV_BATCH: usize = 256;
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 /// Signaling commands handled per turn before sockets and timers get theirs.
 const COMMAND_BATCH: usize = 64;
+/// Local ufrags routed per transport: the current one and the one before an ICE restart.
+const ROUTED_UFRAGS: usize = 2;
 /// Longest sleep, so that a lost wake-up costs at most this much.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -646,6 +648,8 @@ impl Worker {
                     return;
                 };
                 let result = self.with_router(idx, |r| r.accept_answer(tid, &sdp));
+                // A restart deferred behind the answered offer may have been offered now.
+                self.follow_ufrag(idx, tid);
                 if let Some(Err(e)) = result {
                     self.emit(
                         idx,
@@ -765,9 +769,12 @@ impl Worker {
         Some(tid)
     }
 
-    /// Routes STUN for local ufrag `ufrag` (UDP and ICE/TCP) to a transport.
+    /// Routes STUN for local ufrag `ufrag` (UDP and ICE/TCP) to a transport. The ufrag
+    /// before it stays routed (a client may still use it until its answer is in); older
+    /// ones are forgotten, so restarts cannot grow the maps.
     fn route_ufrag(&mut self, idx: RoomIdx, tid: TransportId, ufrag: String) {
         self.registry.insert(&ufrag, self.index);
+        let mut retired = Vec::new();
         if let Some(entry) = self
             .rooms
             .get_mut(&idx)
@@ -775,6 +782,13 @@ impl Worker {
             && !entry.ufrags.contains(&ufrag)
         {
             entry.ufrags.push(ufrag.clone());
+            while entry.ufrags.len() > ROUTED_UFRAGS {
+                retired.push(entry.ufrags.remove(0));
+            }
+        }
+        for old in retired {
+            self.registry.remove(&old);
+            self.demux.by_ufrag.remove(&old);
         }
         self.demux.by_ufrag.insert(ufrag, (idx, tid));
     }
