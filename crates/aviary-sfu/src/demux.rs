@@ -8,6 +8,19 @@ const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 /// The USERNAME attribute type.
 const ATTR_USERNAME: u16 = 0x0006;
 
+/// Whether a STUN message carries a MESSAGE-INTEGRITY that `password` (the local ICE
+/// password of the transport its USERNAME names) signed: only then may its source address
+/// be routed to that transport. Never panics.
+pub fn stun_integrity_ok(buf: &[u8], password: &str) -> bool {
+    let Ok(msg) = str0m::ice::StunMessage::parse(buf) else {
+        return false;
+    };
+    let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+    msg.verify(password.as_bytes(), |key, payloads| {
+        hmac.sha1_hmac(key, payloads)
+    })
+}
+
 /// Returns true when the datagram looks like STUN (RFC 7983 first-byte range and cookie).
 pub fn is_stun(buf: &[u8]) -> bool {
     buf.len() >= 20 && buf[0] < 4 && buf[4..8] == MAGIC_COOKIE
@@ -43,6 +56,29 @@ pub fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integrity_is_checked_with_the_transports_password() {
+        use str0m::ice::{StunMessage, TransId};
+        let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+        let sign = |k: &[u8], p: &[&[u8]]| hmac.sha1_hmac(k, p);
+        let msg = StunMessage::binding_request("local:remote", TransId::new(), true, 1, 1, false);
+        let mut buf = vec![0u8; 256];
+        let n = msg
+            .to_bytes(Some(b"the-local-password-xyz"), &mut buf, sign)
+            .unwrap();
+        let signed = &buf[..n];
+        assert_eq!(stun_local_ufrag(signed), Some("local"));
+        assert!(stun_integrity_ok(signed, "the-local-password-xyz"));
+        assert!(!stun_integrity_ok(signed, "another-password-entirely"));
+        let msg = StunMessage::binding_request("local:remote", TransId::new(), true, 1, 1, false);
+        let n = msg.to_bytes(None, &mut buf, sign).unwrap();
+        assert!(
+            !stun_integrity_ok(&buf[..n], "the-local-password-xyz"),
+            "no integrity at all"
+        );
+        assert!(!stun_integrity_ok(&[0u8; 3], "x"), "garbage");
+    }
 
     fn binding_request(username: &str) -> Vec<u8> {
         let mut attr = Vec::new();

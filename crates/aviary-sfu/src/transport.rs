@@ -163,6 +163,7 @@ pub struct Transport {
     id: TransportId,
     direction: TransportDirection,
     ice_ufrag: String,
+    ice_pwd: String,
     pub(crate) rtc: Rtc,
     pub(crate) next_timeout: Option<Instant>,
     /// Written to while forwarding the current packet; driven once when it is done.
@@ -194,6 +195,7 @@ impl Transport {
             id,
             direction: options.direction,
             ice_ufrag: options.ice_ufrag,
+            ice_pwd: options.ice_pwd,
             rtc,
             next_timeout: None,
             touched: false,
@@ -226,6 +228,12 @@ impl Transport {
     /// from then).
     pub fn ice_ufrag(&self) -> &str {
         &self.ice_ufrag
+    }
+
+    /// The local ICE password that goes with [`Self::ice_ufrag`] (for checking the
+    /// integrity of STUN before trusting its source address; see [`crate::demux`]).
+    pub fn ice_password(&self) -> &str {
+        &self.ice_pwd
     }
 
     /// True once ICE and DTLS are up.
@@ -311,7 +319,9 @@ impl Transport {
         let ice_restart = std::mem::take(&mut self.restart_ice);
         let mut api = self.rtc.sdp_api();
         if ice_restart {
-            self.ice_ufrag = api.ice_restart(true).ufrag;
+            let creds = api.ice_restart(true);
+            self.ice_ufrag = creds.ufrag;
+            self.ice_pwd = creds.pass;
         }
         for change in changes.iter().cloned() {
             match change {
@@ -385,7 +395,9 @@ impl Transport {
         self.negotiated = true;
         // An offer with new ICE credentials restarts ICE, and str0m answers it with new ones
         // of its own.
-        self.ice_ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
+        let creds = self.rtc.direct_api().local_ice_credentials();
+        self.ice_ufrag = creds.ufrag;
+        self.ice_pwd = creds.pass;
         self.drive(sink);
         Ok(answer.to_sdp_string())
     }
