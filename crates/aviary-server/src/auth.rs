@@ -64,9 +64,9 @@ impl KeyProvider {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                if (unverified.exp as u64) + LEEWAY_SECS < now {
+                if (unverified.exp as u64).saturating_add(LEEWAY_SECS) < now {
                     Err(AuthError::Expired)
-                } else if (unverified.nbf as u64) > now + LEEWAY_SECS {
+                } else if (unverified.nbf as u64) > now.saturating_add(LEEWAY_SECS) {
                     Err(AuthError::NotYetValid)
                 } else {
                     Err(AuthError::BadSignature)

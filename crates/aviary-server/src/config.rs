@@ -179,9 +179,11 @@ impl Default for LoggingConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct LimitConfig {
-    /// Tracks one participant may publish.
+    /// Tracks this node may carry, published plus subscribed (upstream's node capacity);
+    /// past it, joins are refused. 0 = unlimited.
     pub num_tracks: u32,
-    /// Bytes per second a node may send.
+    /// Bytes per second this node may receive plus send; past it, joins are refused.
+    /// 0 = unlimited.
     pub bytes_per_sec: f64,
     /// Video tracks one participant may subscribe to.
     pub subscription_limit_video: u32,
@@ -297,6 +299,25 @@ pub struct Loaded {
     pub config: Config,
     /// Dotted paths of keys nobody reads, to be logged as warnings.
     pub unknown_keys: Vec<String>,
+}
+
+/// Shortest API secret accepted without a warning outside dev mode (upstream's).
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl Loaded {
+    /// API keys whose secrets are shorter than [`MIN_SECRET_LEN`] outside dev mode: upstream
+    /// logs an error for each and starts anyway; so does Aviary.
+    pub fn short_secrets(&self) -> Vec<&str> {
+        if self.config.development {
+            return Vec::new();
+        }
+        self.config
+            .keys
+            .iter()
+            .filter(|(_, s)| s.len() < MIN_SECRET_LEN)
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
 }
 
 /// Parses YAML into a config, collecting unknown keys instead of failing on them.

@@ -4,7 +4,11 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+#[doc(hidden)]
+pub mod capture;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guid;
 pub mod http;
 pub mod ids;
@@ -24,6 +28,7 @@ use tracing::{info, warn};
 use crate::auth::KeyProvider;
 use crate::config::Config;
 use crate::http::AppState;
+use crate::http::serve::ServeLimits;
 use crate::room::{EventListener, RoomManager, RoomSettings};
 use crate::worker::{WorkerConfig, WorkerPool};
 
@@ -113,12 +118,26 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .iter()
         .map(|n| Arc::new(n.clone()) as Arc<dyn EventListener>)
         .collect();
-    let manager = Arc::new(RoomManager::new(settings, workers.handles(), listeners));
-    let workers = Arc::new(workers);
+    let manager = Arc::new(
+        RoomManager::new(settings, workers.handles(), listeners).with_metrics(metrics.clone()),
+    );
+    let sampler = {
+        // The byte rate limit.bytes_per_sec is checked against.
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last = metrics.bytes_total();
+            loop {
+                tick.tick().await;
+                let now = metrics.bytes_total();
+                metrics.set_byte_rate(now.saturating_sub(last));
+                last = now;
+            }
+        })
+    };
     let state = AppState {
         manager: manager.clone(),
         keys: Arc::new(KeyProvider::new(config.keys.clone())),
-        workers: workers.clone(),
         links: signal::Links::default(),
     };
     let links = state.links.clone();
@@ -150,7 +169,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         };
         info!(%addr, "listening");
         let app = app.clone();
-        servers.spawn(async move { axum::serve(listener, app).await });
+        servers
+            .spawn(async move { http::serve::serve(listener, app, ServeLimits::default()).await });
     }
 
     if let Some(port) = config.prometheus.port.or(config.prometheus_port) {
@@ -164,7 +184,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 Ok(listener) => {
                     info!(%addr, "metrics at /metrics");
                     let routes = routes.clone();
-                    servers.spawn(async move { axum::serve(listener, routes).await });
+                    servers.spawn(async move {
+                        http::serve::serve(listener, routes, ServeLimits::default()).await
+                    });
                 }
                 Err(e) if ip.is_ipv6() && binds.len() > 1 => {
                     warn!(%addr, "skipping metrics bind: {e}");
@@ -197,9 +219,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if let Some(n) = &notifier {
         n.flush(WEBHOOK_FLUSH_DEADLINE).await;
     }
-    if let Ok(pool) = Arc::try_unwrap(workers) {
-        pool.shutdown();
-    }
+    sampler.abort();
+    workers.shutdown();
     Ok(())
 }
 

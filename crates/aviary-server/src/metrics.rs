@@ -46,6 +46,10 @@ pub struct WorkerMetrics {
     pub plis_out: Counter,
     /// Lossy data messages dropped at a full receiver.
     pub data_dropped: Counter,
+    /// Reliable data messages handed to receivers.
+    pub data_reliable_delivered: Counter,
+    /// Receivers disconnected because their reliable data backed up.
+    pub data_receivers_dropped: Counter,
     /// Rooms on this worker.
     pub rooms: Gauge,
     /// Peer connections on this worker.
@@ -68,6 +72,13 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Signaling counters.
+#[derive(Clone, Debug, Default)]
+pub struct SignalMetrics {
+    /// Links closed because their queue was full (the client stopped reading).
+    pub slow_links: Counter,
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +89,10 @@ pub struct Metrics {
     pub workers: Vec<WorkerMetrics>,
     /// Webhook deliveries.
     pub webhooks: WebhookMetrics,
+    /// Signaling.
+    pub signal: SignalMetrics,
+    /// Bytes per second received and sent by all workers, as last sampled.
+    byte_rate: std::sync::atomic::AtomicU64,
 }
 
 fn delay_buckets() -> impl Iterator<Item = f64> {
@@ -102,6 +117,12 @@ impl Metrics {
             "published_tracks",
             "Tracks published on this node",
             published_tracks.clone(),
+        );
+        let signal = SignalMetrics::default();
+        registry.register(
+            "signal_links_too_slow",
+            "Signal links closed because the client did not read what the server sent",
+            signal.slow_links.clone(),
         );
         let webhooks = WebhookMetrics::default();
         registry.register(
@@ -149,6 +170,16 @@ impl Metrics {
         );
         let plis_out = family!("plis_sent", "Keyframe requests sent to publishers", Counter);
         let data_dropped = family!("data_dropped", "Lossy data messages dropped", Counter);
+        let data_reliable_delivered = family!(
+            "data_reliable_delivered",
+            "Reliable data messages handed to receivers",
+            Counter
+        );
+        let data_receivers_dropped = family!(
+            "data_receivers_dropped",
+            "Receivers disconnected because reliable data to them backed up",
+            Counter
+        );
         let wrooms = family!("worker_rooms", "Rooms per worker", Gauge);
         let transports = family!("transports", "Peer connections per worker", Gauge);
         let consumers = family!(
@@ -191,6 +222,8 @@ impl Metrics {
                     plis_in: plis_in.get_or_create(&l).clone(),
                     plis_out: plis_out.get_or_create(&l).clone(),
                     data_dropped: data_dropped.get_or_create(&l).clone(),
+                    data_reliable_delivered: data_reliable_delivered.get_or_create(&l).clone(),
+                    data_receivers_dropped: data_receivers_dropped.get_or_create(&l).clone(),
                     rooms: wrooms.get_or_create(&l).clone(),
                     transports: transports.get_or_create(&l).clone(),
                     consumers: consumers.get_or_create(&l).clone(),
@@ -207,7 +240,36 @@ impl Metrics {
             published_tracks,
             workers,
             webhooks,
+            signal,
+            byte_rate: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Tracks the workers forward now (consumers), as of their last flush.
+    pub fn subscribed_tracks(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.consumers.get().max(0) as u64)
+            .sum()
+    }
+
+    /// Bytes in and out of every worker so far.
+    pub fn bytes_total(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.bytes_in.get() + w.bytes_out.get())
+            .sum()
+    }
+
+    /// Records the byte rate a sampler measured.
+    pub fn set_byte_rate(&self, bytes_per_sec: u64) {
+        self.byte_rate
+            .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last sampled byte rate (in plus out).
+    pub fn byte_rate(&self) -> u64 {
+        self.byte_rate.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The text exposition, with room counts read now.

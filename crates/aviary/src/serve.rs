@@ -95,6 +95,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for key in &loaded.unknown_keys {
         tracing::warn!(key, "unknown config key ignored");
     }
+    for key in loaded.short_secrets() {
+        tracing::error!(
+            api_key = key,
+            "API secret is shorter than {} characters: tokens signed with it can be forged by guessing it; use a long random secret",
+            aviary_server::config::MIN_SECRET_LEN
+        );
+    }
     crate::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,7 @@
 //! The HTTP surface: health check, `/rtc` signaling and the Twirp RoomService.
 
 mod rtc;
+pub mod serve;
 mod twirp;
 
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::auth::KeyProvider;
 use crate::room::RoomManager;
 use crate::signal::Links;
-use crate::worker::WorkerPool;
 
 /// Everything a handler may need.
 #[derive(Clone)]
@@ -22,8 +22,6 @@ pub struct AppState {
     pub manager: Arc<RoomManager>,
     /// API keys.
     pub keys: Arc<KeyProvider>,
-    /// Media workers.
-    pub workers: Arc<WorkerPool>,
     /// Signal links running.
     pub links: Links,
 }

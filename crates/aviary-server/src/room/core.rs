@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use livekit_protocol as proto;
 use livekit_protocol::signal_response::Message;
 
+use super::limits::Limit;
 use super::output::{Output, RoomEndReason, RoomEvent};
 use super::participant::Participant;
 use super::session::LinkId;
@@ -475,6 +476,21 @@ impl RoomCore {
             "left"
         );
         Some(gone)
+    }
+
+    /// A participant hit `limit`: logged at warn the first time, at debug after, so that a
+    /// client hammering a limit cannot flood the log.
+    pub(super) fn limit_hit(&mut self, sid: &str, limit: Limit, detail: &dyn std::fmt::Display) {
+        let room = self.info.name.clone();
+        let Some(p) = self.participant_mut(sid) else {
+            return;
+        };
+        if p.session.limits_logged & limit.bit() == 0 {
+            p.session.limits_logged |= limit.bit();
+            tracing::warn!(room, participant = sid, %limit, "limit reached: {detail} (further hits logged at debug)");
+        } else {
+            tracing::debug!(room, participant = sid, %limit, "limit reached: {detail}");
+        }
     }
 
     /// Whether a participant with `identity` would exceed `max_participants` (replacing

@@ -42,6 +42,8 @@ pub struct RoomManager {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set at shutdown: no room is made after the rooms were closed.
     closing: AtomicBool,
+    /// Where the node's load is read for `limit.num_tracks` and `limit.bytes_per_sec`.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,7 +72,42 @@ impl RoomManager {
             listeners: listeners.into(),
             tasks: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
+            metrics: None,
         }
+    }
+
+    /// Reads the node's load from `metrics` for its capacity limits.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Upstream's node capacity: published plus forwarded tracks under `limit.num_tracks`,
+    /// bytes in plus out per second under `limit.bytes_per_sec`.
+    fn check_capacity(&self) -> Result<(), JoinError> {
+        let Some(m) = &self.metrics else {
+            return Ok(());
+        };
+        let l = &self.settings.limits;
+        if l.num_tracks > 0 {
+            let tracks = self.counts().2 as u64 + m.subscribed_tracks();
+            if tracks >= u64::from(l.num_tracks) {
+                return Err(JoinError::AtCapacity(format!(
+                    "{tracks} tracks, limit.num_tracks {}",
+                    l.num_tracks
+                )));
+            }
+        }
+        if l.bytes_per_sec > 0.0 {
+            let rate = m.byte_rate();
+            if rate as f64 >= l.bytes_per_sec {
+                return Err(JoinError::AtCapacity(format!(
+                    "{rate} bytes/s, limit.bytes_per_sec {}",
+                    l.bytes_per_sec
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// This node's id.
@@ -127,6 +164,7 @@ impl RoomManager {
     /// refusals are HTTP statuses the SDKs report).
     pub async fn check_join(&self, claims: &Claims) -> Result<(), JoinError> {
         self.check_grant(claims)?;
+        self.check_capacity()?;
         let identity = Identity::new(claims.sub.clone());
         match self.find(&claims.video.room) {
             Some(room) => match room.call(move |core, _| core.check_join(&identity)).await {
@@ -259,6 +297,7 @@ impl RoomManager {
             listeners: self.listeners.clone(),
             summary: summary.clone(),
             on_closed,
+            metrics: self.metrics.clone(),
         };
         let (handle, task) = actor::spawn(core, ctx);
         info!(room = name, sid = info.sid, worker, "room created");

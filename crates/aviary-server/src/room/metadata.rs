@@ -8,6 +8,7 @@ use livekit_protocol::signal_response::Message;
 
 use super::ServiceError;
 use super::core::RoomCore;
+use super::limits::Limit;
 use crate::config::LimitConfig;
 use crate::ids::ParticipantSid;
 use crate::worker::WorkerCommand;
@@ -19,7 +20,6 @@ impl RoomCore {
         sid: &ParticipantSid,
         req: &proto::UpdateParticipantMetadata,
     ) -> Result<(), ServiceError> {
-        check_metadata(&self.settings.limits, &req.metadata, &req.attributes)?;
         let p = self
             .participant(sid.as_str())
             .ok_or_else(|| ServiceError::ParticipantNotFound(sid.to_string()))?;
@@ -33,15 +33,26 @@ impl RoomCore {
                 "participant may not update its own metadata".into(),
             ));
         }
-        self.update_info(sid.as_str(), |i| {
-            if !req.metadata.is_empty() {
-                i.metadata = req.metadata.clone();
+        let changed = match changed_info(
+            &self.settings.limits,
+            &p.info,
+            &req.metadata,
+            &req.name,
+            &req.attributes,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                self.limit_hit(sid.as_str(), Limit::Metadata, &e);
+                return Err(e);
             }
-            if !req.name.is_empty() {
-                i.name = req.name.clone();
-            }
-            merge_attributes(&mut i.attributes, &req.attributes);
-        });
+        };
+        if let Some((metadata, name, attributes)) = changed {
+            self.update_info(sid.as_str(), |i| {
+                i.metadata = metadata;
+                i.name = name;
+                i.attributes = attributes;
+            });
+        }
         Ok(())
     }
 
@@ -52,20 +63,31 @@ impl RoomCore {
         &mut self,
         req: &proto::UpdateParticipantRequest,
     ) -> Result<proto::ParticipantInfo, ServiceError> {
-        check_metadata(&self.settings.limits, &req.metadata, &req.attributes)?;
-        let sid = self
+        let p = self
             .by_identity(&req.identity)
-            .map(|p| p.sid())
             .ok_or_else(|| ServiceError::ParticipantNotFound(req.identity.clone()))?;
+        let sid = p.sid();
+        let changed = changed_info(
+            &self.settings.limits,
+            &p.info,
+            &req.metadata,
+            &req.name,
+            &req.attributes,
+        )?;
+        let perm_changed = req
+            .permission
+            .as_ref()
+            .is_some_and(|perm| p.info.permission.as_ref() != Some(perm));
+        if changed.is_none() && !perm_changed {
+            return Ok(p.info.clone());
+        }
         let info = self
             .update_info(sid.as_str(), |i| {
-                if !req.metadata.is_empty() {
-                    i.metadata = req.metadata.clone();
+                if let Some((metadata, name, attributes)) = changed {
+                    i.metadata = metadata;
+                    i.name = name;
+                    i.attributes = attributes;
                 }
-                if !req.name.is_empty() {
-                    i.name = req.name.clone();
-                }
-                merge_attributes(&mut i.attributes, &req.attributes);
                 if let Some(perm) = &req.permission {
                     i.permission = Some(perm.clone());
                 }
@@ -118,6 +140,39 @@ pub(crate) fn check_metadata(
         )));
     }
     Ok(())
+}
+
+/// What an update of metadata, name and attributes makes of `info`, checked against
+/// `limit.*` (attributes as they are after the update, not only the update's own size):
+/// `None` when nothing changes.
+#[allow(clippy::type_complexity)]
+fn changed_info(
+    limits: &LimitConfig,
+    info: &proto::ParticipantInfo,
+    metadata: &str,
+    name: &str,
+    attributes: &HashMap<String, String>,
+) -> Result<Option<(String, String, HashMap<String, String>)>, ServiceError> {
+    let max_name = limits.max_participant_name_length as usize;
+    if max_name > 0 && name.len() > max_name {
+        return Err(ServiceError::LimitExceeded(format!(
+            "name is {} bytes, over the limit of {max_name} (limit.max_participant_name_length)",
+            name.len()
+        )));
+    }
+    let mut merged = info.attributes.clone();
+    merge_attributes(&mut merged, attributes);
+    check_metadata(limits, metadata, &merged)?;
+    let metadata = if metadata.is_empty() {
+        &info.metadata
+    } else {
+        metadata
+    };
+    let name = if name.is_empty() { &info.name } else { name };
+    if *metadata == info.metadata && *name == info.name && merged == info.attributes {
+        return Ok(None);
+    }
+    Ok(Some((metadata.to_string(), name.to_string(), merged)))
 }
 
 /// Applies an attribute update: a key with an empty value is deleted.

@@ -15,6 +15,7 @@ pub mod actor;
 pub mod admission;
 mod core;
 mod data;
+pub mod limits;
 pub mod manager;
 pub mod media;
 pub mod metadata;
@@ -30,7 +31,10 @@ pub use self::core::{
     COMPATIBLE_SERVER_VERSION, JOIN_TIMEOUT, MAX_DETACHED, MEDIA_LOSS_GRACE, Now, PROTOCOL_VERSION,
     RoomCore, RoomSettings,
 };
-pub use actor::{EventListener, LinkMessage, LinkSender, RoomHandle};
+pub use actor::{
+    EventListener, LINK_BYTES, LINK_QUEUE, LinkMessage, LinkReceiver, LinkSender, RoomHandle,
+    link_channel,
+};
 pub use admission::{JoinError, JoinRequest, ResumeError, ResumeRequest};
 pub use manager::RoomManager;
 pub use output::{Output, RoomEndReason, RoomEvent};
@@ -66,6 +70,9 @@ pub enum ServiceError {
     /// The server is shutting down and takes no new rooms.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A limit on what one client may make the server hold.
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 /// A `LeaveRequest` asking the client to join again from scratch (the SDKs' "full

@@ -5,12 +5,14 @@ use livekit_protocol as proto;
 use livekit_protocol::signal_response::Message;
 
 use super::core::RoomCore;
+use super::limits::{Limit, MAX_ADD_TRACK_BYTES, MAX_LAYERS, MAX_PENDING_TRACKS, MAX_TRACKS};
 use super::output::RoomEvent;
 use super::{ServiceError, quality};
 use crate::guid;
 use crate::ids::{ParticipantSid, TrackSid};
 use crate::worker::{ProducedMedia, WorkerCommand};
 use aviary_sfu::MediaKind;
+use prost::Message as _;
 
 impl RoomCore {
     /// `AddTrackRequest`: checks the grant and returns the track's info (the same one for a
@@ -20,34 +22,86 @@ impl RoomCore {
         sid: &ParticipantSid,
         req: &proto::AddTrackRequest,
     ) -> Result<proto::TrackInfo, ServiceError> {
-        let max = self.settings.limits.num_tracks as usize;
+        match self.announce_track(sid, req) {
+            Err((Some(limit), e)) => {
+                self.limit_hit(sid.as_str(), limit, &e);
+                Err(e)
+            }
+            Err((None, e)) => Err(e),
+            Ok(info) => Ok(info),
+        }
+    }
+
+    fn announce_track(
+        &mut self,
+        sid: &ParticipantSid,
+        req: &proto::AddTrackRequest,
+    ) -> Result<proto::TrackInfo, (Option<Limit>, ServiceError)> {
+        let max = MAX_TRACKS;
+        let refused = |e| (None, e);
         let p = self
             .participant_mut(sid.as_str())
-            .ok_or_else(|| ServiceError::ParticipantNotFound(sid.to_string()))?;
+            .ok_or_else(|| refused(ServiceError::ParticipantNotFound(sid.to_string())))?;
         let perm = p.permission();
         if !perm.can_publish {
-            return Err(ServiceError::PermissionDenied("no canPublish grant".into()));
-        }
-        let media_types = [
-            proto::TrackType::Audio as i32,
-            proto::TrackType::Video as i32,
-        ];
-        if !media_types.contains(&req.r#type) {
-            return Err(ServiceError::Unsupported(format!(
-                "track type {} is not audio or video",
-                req.r#type
+            return Err(refused(ServiceError::PermissionDenied(
+                "no canPublish grant".into(),
             )));
         }
+        let kind = match proto::TrackType::try_from(req.r#type) {
+            Ok(t @ (proto::TrackType::Audio | proto::TrackType::Video)) => t,
+            _ => {
+                return Err(refused(ServiceError::Unsupported(format!(
+                    "track type {} is not audio or video",
+                    req.r#type
+                ))));
+            }
+        };
+        // A source names a kind of media: a microphone's grant must not let video through.
+        use proto::TrackSource as S;
+        let source_kind = match S::try_from(req.source) {
+            Ok(S::Camera | S::ScreenShare) => Some(proto::TrackType::Video),
+            Ok(S::Microphone | S::ScreenShareAudio) => Some(proto::TrackType::Audio),
+            _ => None,
+        };
+        if source_kind.is_some_and(|k| k != kind) {
+            return Err(refused(ServiceError::PermissionDenied(format!(
+                "a {} track cannot have source {}",
+                kind.as_str_name(),
+                req.source
+            ))));
+        }
         if !perm.can_publish_sources.is_empty() && !perm.can_publish_sources.contains(&req.source) {
-            return Err(ServiceError::PermissionDenied(
+            return Err(refused(ServiceError::PermissionDenied(
                 "source not allowed by canPublishSources".into(),
-            ));
+            )));
         }
         if let Some((_, t)) = p.pending_tracks.iter().find(|(cid, _)| *cid == req.cid) {
             return Ok(t.clone());
         }
-        if max > 0 && p.info.tracks.len() + p.pending_tracks.len() >= max {
-            return Err(ServiceError::InvalidArgument("track limit reached".into()));
+        let size = req.encoded_len();
+        if size > MAX_ADD_TRACK_BYTES || req.layers.len() > MAX_LAYERS {
+            return Err((
+                Some(Limit::TrackSize),
+                ServiceError::LimitExceeded(format!(
+                    "track description of {size} bytes and {} layers (at most {MAX_ADD_TRACK_BYTES} bytes and {MAX_LAYERS} layers)",
+                    req.layers.len()
+                )),
+            ));
+        }
+        if p.pending_tracks.len() >= MAX_PENDING_TRACKS {
+            return Err((
+                Some(Limit::PendingTracks),
+                ServiceError::LimitExceeded(format!(
+                    "{MAX_PENDING_TRACKS} tracks announced are still waiting for their media"
+                )),
+            ));
+        }
+        if p.info.tracks.len() + p.pending_tracks.len() >= max {
+            return Err((
+                Some(Limit::Tracks),
+                ServiceError::LimitExceeded(format!("track limit reached ({max} per participant)")),
+            ));
         }
         // Deprecated fields (layers, simulcast, stereo, dtx) are still read by older SDKs.
         #[allow(deprecated)]
@@ -88,13 +142,19 @@ impl RoomCore {
             proto::TrackType::Video
         } as i32;
         let p = self.participant_mut(sid.as_str())?;
+        // The announced track must be of the media's kind: its grant was checked for that.
         let idx = p
             .pending_tracks
             .iter()
-            .position(|(c, _)| *c == media.cid)
+            .position(|(c, t)| *c == media.cid && t.r#type == want)
             .or_else(|| p.pending_tracks.iter().position(|(_, t)| t.r#type == want));
         let Some(idx) = idx else {
-            tracing::debug!(cid = media.cid, "media for no announced track");
+            // Media nobody announced (or may publish) is not forwarded, nor even received.
+            tracing::debug!(cid = media.cid, "media for no announced track; closed");
+            self.media(WorkerCommand::CloseProducer {
+                room: self.sid(),
+                producer: media.producer,
+            });
             return None;
         };
         let (_, mut track) = p.pending_tracks.remove(idx);
@@ -143,8 +203,20 @@ impl RoomCore {
         else {
             return;
         };
+        let mut freed = Vec::new();
         for p in &mut self.participants {
-            p.subscriptions.remove(track_sid.as_str());
+            if p.subscriptions
+                .remove(track_sid.as_str())
+                .is_some_and(|s| s.forwarding)
+            {
+                freed.push(p.sid());
+            }
+        }
+        if self.has_subscription_limits() {
+            // Places under a subscription limit opened.
+            for sub in freed {
+                self.reconcile_subscriber(&sub);
+            }
         }
         if let Some(p) = self.participant_mut(sid.as_str()) {
             p.quality_updates.remove(track_sid);

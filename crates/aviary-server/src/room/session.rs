@@ -40,6 +40,11 @@ pub struct Session {
     /// A resume already restarted the grace of the current loss (it is restarted once,
     /// so that resuming again and again cannot hold a dead session).
     pub grace_extended: bool,
+    /// Limits this participant hit that were logged (a [`super::limits::Limit`] bit each):
+    /// each is logged once, then only at debug level.
+    pub limits_logged: u32,
+    /// Candidates trickled on the attached link, by `SignalTarget`.
+    pub candidates: [usize; 2],
     /// The last subscriber offer sent, by link: a copy of it sent again on the same link
     /// (an offer the worker had in flight, sent again for a resume that raced with it)
     /// is not sent twice.
@@ -70,6 +75,8 @@ impl Session {
             trickled_ufrag: Default::default(),
             media_lost: [None; 2],
             grace_extended: false,
+            limits_logged: 0,
+            candidates: [0; 2],
             last_offer: None,
             was_active: false,
             joined_at: now,
@@ -82,6 +89,7 @@ impl Session {
     /// Attaches a new link; returns the one it replaces.
     pub fn attach(&mut self, link: LinkId) -> Option<LinkId> {
         self.detached_since = None;
+        self.candidates = [0; 2];
         self.link.replace(link)
     }
 

@@ -9,6 +9,7 @@ use livekit_protocol::signal_request::Message as Req;
 use livekit_protocol::signal_response::Message as Resp;
 
 use super::core::{Now, RoomCore};
+use super::limits::{Limit, MAX_CANDIDATES, MAX_LIST, MAX_SDP, MAX_TRACK_PERMISSIONS};
 use super::session::LinkId;
 use super::{DisconnectReason, ServiceError, reconnect_request};
 use crate::ids::ParticipantSid;
@@ -35,8 +36,18 @@ impl RoomCore {
         let Some(msg) = req.message else {
             return;
         };
+        if let Some((limit, detail)) = self.over_limit(from, &msg) {
+            self.limit_hit(from.as_str(), limit, &detail);
+            return;
+        }
         match msg {
             Req::Offer(sd) => {
+                let perm = self.participant(from.as_str()).map(|p| p.permission());
+                if !perm.is_some_and(|p| p.can_publish || p.can_publish_data) {
+                    // Nothing to send: no media, no data.
+                    tracing::debug!(participant = %from, "publisher offer without canPublish or canPublishData ignored");
+                    return;
+                }
                 if let Some(p) = self.participant_mut(from.as_str()) {
                     p.session.publisher_offer_ids.push_back(sd.id);
                 }
@@ -91,9 +102,9 @@ impl RoomCore {
                     Err(e @ ServiceError::PermissionDenied(_)) => {
                         (Reason::NotAllowed, e.to_string())
                     }
-                    Err(e @ ServiceError::InvalidArgument(_)) => {
-                        (Reason::LimitExceeded, e.to_string())
-                    }
+                    Err(
+                        e @ (ServiceError::InvalidArgument(_) | ServiceError::LimitExceeded(_)),
+                    ) => (Reason::LimitExceeded, e.to_string()),
                     Err(e) => (Reason::NotFound, e.to_string()),
                 };
                 if update.request_id != 0 || reason != Reason::Ok {
@@ -123,7 +134,9 @@ impl RoomCore {
                     use proto::request_response::{Reason, Request};
                     let reason = match e {
                         ServiceError::PermissionDenied(_) => Reason::NotAllowed,
-                        ServiceError::InvalidArgument(_) => Reason::LimitExceeded,
+                        ServiceError::InvalidArgument(_) | ServiceError::LimitExceeded(_) => {
+                            Reason::LimitExceeded
+                        }
                         ServiceError::Unsupported(_) => Reason::UnsupportedType,
                         _ => Reason::NotFound,
                     };
@@ -156,6 +169,81 @@ impl RoomCore {
             Req::SyncState(state) => self.sync_state(now, from, state),
             Req::Simulate(scenario) => self.simulate(now, from, scenario),
             other => tracing::debug!(?other, "request not handled yet"),
+        }
+    }
+
+    /// Whether a request is larger than one client may make the room handle: an SDP past
+    /// [`MAX_SDP`], a list past [`MAX_LIST`], more than [`MAX_CANDIDATES`] trickled on a
+    /// link. Counts the candidate.
+    fn over_limit(&mut self, from: &ParticipantSid, msg: &Req) -> Option<(Limit, String)> {
+        let list = |n: usize, what: &str| {
+            (n > MAX_LIST).then(|| {
+                (
+                    Limit::List,
+                    format!("{what} of {n} entries (at most {MAX_LIST})"),
+                )
+            })
+        };
+        match msg {
+            Req::Offer(sd) | Req::Answer(sd) if sd.sdp.len() > MAX_SDP => Some((
+                Limit::Sdp,
+                format!("an SDP of {} bytes (at most {MAX_SDP})", sd.sdp.len()),
+            )),
+            Req::Trickle(t) => {
+                let target = if t.target == proto::SignalTarget::Subscriber as i32 {
+                    1
+                } else {
+                    0
+                };
+                let p = self.participant_mut(from.as_str())?;
+                p.session.candidates[target] += 1;
+                (p.session.candidates[target] > MAX_CANDIDATES).then(|| {
+                    (
+                        Limit::Candidates,
+                        format!("more than {MAX_CANDIDATES} candidates trickled on one link"),
+                    )
+                })
+            }
+            Req::Subscription(sub) => list(
+                sub.track_sids.len()
+                    + sub
+                        .participant_tracks
+                        .iter()
+                        .map(|pt| 1 + pt.track_sids.len())
+                        .sum::<usize>(),
+                "a subscription update",
+            ),
+            Req::TrackSetting(s) => list(s.track_sids.len(), "a track settings update"),
+            Req::SubscriptionPermission(perm) => {
+                let n = perm.track_permissions.len();
+                let sids: usize = perm
+                    .track_permissions
+                    .iter()
+                    .map(|t| t.track_sids.len())
+                    .sum();
+                if n > MAX_TRACK_PERMISSIONS || sids > MAX_LIST * 4 {
+                    Some((
+                        Limit::List,
+                        format!("a subscription permission of {n} entries naming {sids} tracks"),
+                    ))
+                } else {
+                    None
+                }
+            }
+            Req::SyncState(state) => {
+                let sub = state.subscription.as_ref();
+                let n = state.publish_tracks.len()
+                    + state.track_sids_disabled.len()
+                    + sub.map_or(0, |s| {
+                        s.track_sids.len()
+                            + s.participant_tracks
+                                .iter()
+                                .map(|pt| 1 + pt.track_sids.len())
+                                .sum::<usize>()
+                    });
+                list(n, "a sync state")
+            }
+            _ => None,
         }
     }
 

@@ -11,6 +11,7 @@ use livekit_protocol as proto;
 use livekit_protocol::signal_response::Message;
 
 use super::core::RoomCore;
+use super::limits::Limit;
 use super::participant::Subscription;
 use super::{ServiceError, quality};
 use crate::ids::{ParticipantSid, TrackSid};
@@ -79,7 +80,16 @@ impl RoomCore {
                 key: self.key(sub),
                 track_sid: track.clone(),
             });
+            // A place under a subscription limit may have opened.
+            if self.has_subscription_limits() {
+                self.reconcile_subscriber(sub);
+            }
         }
+    }
+
+    pub(super) fn has_subscription_limits(&self) -> bool {
+        let l = &self.settings.limits;
+        l.subscription_limit_audio > 0 || l.subscription_limit_video > 0
     }
 
     /// Brings one subscription in line with what is wanted and allowed: forwarding starts
@@ -100,7 +110,34 @@ impl RoomCore {
             return;
         };
         let permitted = publisher.permits(subscriber, track.as_str());
-        let forward = permitted && subscriber.can_subscribe();
+        let mut forward = permitted && subscriber.can_subscribe();
+        if forward && !s.forwarding {
+            // limit.subscription_limit_audio / _video: forwarded tracks of that kind.
+            let kind = publisher.track(track.as_str()).map_or(0, |t| t.r#type);
+            let limits = &self.settings.limits;
+            let max = if kind == proto::TrackType::Audio as i32 {
+                limits.subscription_limit_audio
+            } else {
+                limits.subscription_limit_video
+            } as usize;
+            let count = |p: &super::participant::Participant| {
+                p.subscriptions
+                    .iter()
+                    .filter(|(t, s)| {
+                        s.forwarding
+                            && self
+                                .participant(s.publisher.as_str())
+                                .and_then(|o| o.track(t.as_str()))
+                                .is_some_and(|t| t.r#type == kind)
+                    })
+                    .count()
+            };
+            if max > 0 && count(subscriber) >= max {
+                forward = false;
+                let detail = format!("{max} forwarded tracks of this kind");
+                self.limit_hit(sub.as_str(), Limit::Subscriptions, &detail);
+            }
+        }
         let tell = match (permitted, s.denied) {
             (false, false) => Some(false),
             (true, true) => Some(true),

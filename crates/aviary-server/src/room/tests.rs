@@ -7,6 +7,7 @@ use livekit_protocol as proto;
 use livekit_protocol::signal_request::Message as Req;
 use livekit_protocol::signal_response::Message as Resp;
 
+use super::limits;
 use super::*;
 use crate::auth::{Claims, VideoGrants};
 use crate::config::{LimitConfig, RoomConfig};
@@ -1101,4 +1102,363 @@ fn resuming_again_and_again_does_not_hold_a_dead_session() {
     resume(&mut r, clock.now());
     r.handle_timeout(clock.advance(Duration::from_secs(1)));
     assert!(r.participants().is_empty(), "the second did not");
+}
+
+fn refusals(out: &[Output], link: u64) -> Vec<proto::request_response::Reason> {
+    signals(out, link)
+        .into_iter()
+        .filter_map(|m| match m {
+            Resp::RequestResponse(r) => proto::request_response::Reason::try_from(r.reason).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn add_track(
+    r: &mut RoomCore,
+    clock: &Clock,
+    sid: &ParticipantSid,
+    link: u64,
+    req: proto::AddTrackRequest,
+) {
+    request(r, clock, sid, link, Req::AddTrack(req));
+}
+
+#[test]
+fn announcements_are_bounded_and_must_match_their_source() {
+    use proto::request_response::Reason;
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    drain(&mut r);
+    for i in 0..limits::MAX_PENDING_TRACKS + 3 {
+        add_track(
+            &mut r,
+            &clock,
+            &a,
+            1,
+            proto::AddTrackRequest {
+                cid: format!("c{i}"),
+                r#type: proto::TrackType::Audio as i32,
+                ..Default::default()
+            },
+        );
+    }
+    let out = drain(&mut r);
+    assert_eq!(refusals(&out, 1), vec![Reason::LimitExceeded; 3]);
+    let accepted = signals(&out, 1)
+        .iter()
+        .filter(|m| matches!(m, Resp::TrackPublished(_)))
+        .count();
+    assert_eq!(accepted, limits::MAX_PENDING_TRACKS);
+
+    let b = join(&mut r, &clock, "b", 2);
+    drain(&mut r);
+    let big = proto::AddTrackRequest {
+        cid: "big".into(),
+        r#type: proto::TrackType::Video as i32,
+        name: "n".repeat(limits::MAX_ADD_TRACK_BYTES),
+        ..Default::default()
+    };
+    add_track(&mut r, &clock, &b, 2, big);
+    let layers = proto::AddTrackRequest {
+        cid: "layers".into(),
+        r#type: proto::TrackType::Video as i32,
+        layers: vec![proto::VideoLayer::default(); limits::MAX_LAYERS + 1],
+        ..Default::default()
+    };
+    add_track(&mut r, &clock, &b, 2, layers);
+    let mislabelled = proto::AddTrackRequest {
+        cid: "v".into(),
+        r#type: proto::TrackType::Video as i32,
+        source: proto::TrackSource::Microphone as i32,
+        ..Default::default()
+    };
+    add_track(&mut r, &clock, &b, 2, mislabelled);
+    assert_eq!(
+        refusals(&drain(&mut r), 2),
+        [
+            Reason::LimitExceeded,
+            Reason::LimitExceeded,
+            Reason::NotAllowed
+        ]
+    );
+}
+
+#[test]
+fn media_binds_only_to_an_announced_track_of_its_kind() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    add_track(
+        &mut r,
+        &clock,
+        &a,
+        1,
+        proto::AddTrackRequest {
+            cid: "mic".into(),
+            r#type: proto::TrackType::Audio as i32,
+            source: proto::TrackSource::Microphone as i32,
+            ..Default::default()
+        },
+    );
+    drain(&mut r);
+    // Video under the microphone's cid: not bound, and closed in the worker.
+    r.handle_media(
+        clock.now(),
+        MediaEvent::ProducerCreated {
+            participant: a.clone(),
+            media: ProducedMedia {
+                producer: ProducerId(9),
+                cid: "mic".into(),
+                kind: MediaKind::Video,
+                mid: "1".into(),
+                mime: "video/VP8".into(),
+            },
+        },
+    );
+    let out = drain(&mut r);
+    assert!(
+        matches!(&commands(&out)[..], [WorkerCommand::CloseProducer { producer, .. }] if *producer == ProducerId(9)),
+        "{:?}",
+        commands(&out)
+    );
+    assert!(r.participant(a.as_str()).unwrap().info.tracks.is_empty());
+}
+
+#[test]
+fn oversized_requests_are_dropped_and_candidates_counted_per_link() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    drain(&mut r);
+    let big = "x".repeat(limits::MAX_SDP + 1);
+    request(
+        &mut r,
+        &clock,
+        &a,
+        1,
+        Req::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: big,
+            id: 1,
+            ..Default::default()
+        }),
+    );
+    assert!(
+        commands(&drain(&mut r)).is_empty(),
+        "an oversized SDP goes nowhere"
+    );
+    for _ in 0..limits::MAX_CANDIDATES + 5 {
+        request(
+            &mut r,
+            &clock,
+            &a,
+            1,
+            Req::Trickle(proto::TrickleRequest {
+                candidate_init: r#"{"candidate":"candidate:1 1 udp 1 127.0.0.2 9 typ host"}"#
+                    .into(),
+                target: proto::SignalTarget::Publisher as i32,
+                ..Default::default()
+            }),
+        );
+    }
+    assert_eq!(commands(&drain(&mut r)).len(), limits::MAX_CANDIDATES);
+    let huge: Vec<String> = (0..=limits::MAX_LIST).map(|i| format!("TR_{i}")).collect();
+    request(
+        &mut r,
+        &clock,
+        &a,
+        1,
+        Req::TrackSetting(proto::UpdateTrackSettings {
+            track_sids: huge,
+            ..Default::default()
+        }),
+    );
+    assert!(drain(&mut r).is_empty());
+}
+
+#[test]
+fn offers_need_a_grant_to_publish_something() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let mut c = claims("viewer");
+    c.video.can_publish = Some(false);
+    c.video.can_publish_data = Some(false);
+    let viewer = r
+        .join(
+            clock.now(),
+            JoinRequest {
+                claims: c,
+                client_protocol: 16,
+                auto_subscribe: true,
+            },
+            LinkId(1),
+        )
+        .unwrap();
+    drain(&mut r);
+    request(
+        &mut r,
+        &clock,
+        &viewer,
+        1,
+        Req::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: "v=0".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(commands(&drain(&mut r)).is_empty());
+}
+
+#[test]
+fn attributes_are_limited_after_merging_and_names_in_own_updates() {
+    use proto::request_response::Reason;
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let mut c = claims("a");
+    c.video.can_update_own_metadata = Some(true);
+    let a = r
+        .join(
+            clock.now(),
+            JoinRequest {
+                claims: c,
+                client_protocol: 16,
+                auto_subscribe: true,
+            },
+            LinkId(1),
+        )
+        .unwrap();
+    drain(&mut r);
+    let mut refused = 0;
+    for i in 0..10 {
+        let attributes = (0..9)
+            .map(|j| (format!("k{i}-{j}"), "v".repeat(1000)))
+            .collect();
+        request(
+            &mut r,
+            &clock,
+            &a,
+            1,
+            Req::UpdateMetadata(proto::UpdateParticipantMetadata {
+                attributes,
+                request_id: i + 1,
+                ..Default::default()
+            }),
+        );
+        refused += refusals(&drain(&mut r), 1)
+            .iter()
+            .filter(|r| **r == Reason::LimitExceeded)
+            .count();
+    }
+    assert_eq!(refused, 3, "the 8th update would pass 64000 bytes");
+    let size: usize = r
+        .participant(a.as_str())
+        .unwrap()
+        .info
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    assert!(size <= 64_000, "{size}");
+    request(
+        &mut r,
+        &clock,
+        &a,
+        1,
+        Req::UpdateMetadata(proto::UpdateParticipantMetadata {
+            name: "n".repeat(300),
+            request_id: 99,
+            ..Default::default()
+        }),
+    );
+    assert_eq!(refusals(&drain(&mut r), 1), [Reason::LimitExceeded]);
+    // Nothing new: nobody is told.
+    let same = r.participant(a.as_str()).unwrap().info.metadata.clone();
+    request(
+        &mut r,
+        &clock,
+        &a,
+        1,
+        Req::UpdateMetadata(proto::UpdateParticipantMetadata {
+            metadata: same,
+            request_id: 100,
+            ..Default::default()
+        }),
+    );
+    assert!(updates_of(&drain(&mut r), 1).is_empty());
+}
+
+#[test]
+fn hidden_participants_do_not_auto_subscribe_and_subscription_limits_hold() {
+    let clock = Clock::new();
+    let limits_cfg = LimitConfig {
+        subscription_limit_audio: 1,
+        ..Default::default()
+    };
+    let settings = RoomSettings::new(
+        RoomConfig::default(),
+        limits_cfg,
+        String::new(),
+        "ND_t".into(),
+    );
+    let mut r = RoomCore::new(
+        proto::Room {
+            sid: "RM_t".into(),
+            name: "r".into(),
+            empty_timeout: 300,
+            ..Default::default()
+        },
+        Arc::new(settings),
+        0,
+        clock.now(),
+    );
+    let a = join(&mut r, &clock, "a", 1);
+    let b = join(&mut r, &clock, "b", 2);
+    let mut c = claims("recorder");
+    c.video.hidden = true;
+    r.join(
+        clock.now(),
+        JoinRequest {
+            claims: c,
+            client_protocol: 16,
+            auto_subscribe: true,
+        },
+        LinkId(3),
+    )
+    .unwrap();
+    let sub = join(&mut r, &clock, "sub", 4);
+    drain(&mut r);
+    let first = publish(&mut r, &clock, &a, "mic-a");
+    let second = publish(&mut r, &clock, &b, "mic-b");
+    let out = drain(&mut r);
+    let subscribed: Vec<(&ParticipantSid, &TrackSid)> = commands(&out)
+        .iter()
+        .filter_map(|c| match c {
+            WorkerCommand::Subscribe { key, track_sid, .. } => Some((&key.participant, track_sid)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !subscribed
+            .iter()
+            .any(|(p, _)| r.participant(p.as_str()).unwrap().hidden()),
+        "the hidden recorder subscribes to nothing by itself"
+    );
+    let to_sub: Vec<&TrackSid> = subscribed
+        .iter()
+        .filter(|(p, _)| **p == sub)
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(to_sub, [&first], "one audio track at most for sub");
+    // The first ends: the second gets its place.
+    r.handle_media(
+        clock.now(),
+        MediaEvent::TrackEnded {
+            participant: a.clone(),
+            track_sid: first.clone(),
+        },
+    );
+    let out = drain(&mut r);
+    assert!(commands(&out).iter().any(|c| matches!(c, WorkerCommand::Subscribe { key, track_sid, .. } if key.participant == sub && *track_sid == second)));
 }

@@ -10,15 +10,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use livekit_protocol as proto;
-use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
 use super::codec::{Frame, decode_request, encode_response};
 use crate::ids::ParticipantSid;
-use crate::room::{LinkId, LinkMessage, RoomHandle};
+use crate::room::{LinkId, LinkMessage, LinkReceiver, RoomHandle};
 
-/// Messages a room may queue on one link before the link is closed as too slow.
-pub const LINK_QUEUE: usize = 1024;
 /// Time the socket gets to take one message.
 pub const SEND_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -48,13 +45,9 @@ pub enum LinkEnd {
     Stalled,
 }
 
-/// Runs a link until it ends, then detaches it from its session.
-pub async fn run_link<S, K>(
-    stream: S,
-    sink: K,
-    rx: mpsc::Receiver<LinkMessage>,
-    at: Attachment,
-) -> LinkEnd
+/// Runs a link until it ends, then detaches it from its session (also if the link's task
+/// panics or is cancelled: a guard does it then).
+pub async fn run_link<S, K>(stream: S, sink: K, rx: LinkReceiver, at: Attachment) -> LinkEnd
 where
     S: Stream<Item = Frame> + Unpin,
     K: Sink<Frame> + Unpin,
@@ -66,8 +59,10 @@ where
         link = %at.link
     );
     async move {
+        let mut guard = DetachGuard(Some(at.clone()));
         let end = pump(stream, sink, rx, &at).await;
         debug!(?end, "link ended");
+        guard.0 = None;
         at.room.detach(&at.participant, at.link).await;
         end
     }
@@ -75,12 +70,20 @@ where
     .await
 }
 
-async fn pump<S, K>(
-    mut stream: S,
-    mut sink: K,
-    mut rx: mpsc::Receiver<LinkMessage>,
-    at: &Attachment,
-) -> LinkEnd
+/// Detaches a link whose task ends without doing it itself.
+struct DetachGuard(Option<Attachment>);
+
+impl Drop for DetachGuard {
+    fn drop(&mut self) {
+        if let Some(at) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { at.room.detach(&at.participant, at.link).await });
+        }
+    }
+}
+
+async fn pump<S, K>(mut stream: S, mut sink: K, mut rx: LinkReceiver, at: &Attachment) -> LinkEnd
 where
     S: Stream<Item = Frame> + Unpin,
     K: Sink<Frame> + Unpin,
@@ -93,8 +96,19 @@ where
             frame = stream.next() => {
                 let Some(frame) = frame else { break LinkEnd::ClientClosed };
                 last_seen = Instant::now();
-                if let Frame::Text(_) = frame {
-                    json = true;
+                match &frame {
+                    Frame::Text(t) => {
+                        json = true;
+                        let mut seed = vec![1u8];
+                        seed.extend_from_slice(t.as_bytes());
+                        crate::capture::save("signal_frame", &crate::capture::SIGNAL, &seed);
+                    }
+                    Frame::Binary(b) => {
+                        let mut seed = vec![0u8];
+                        seed.extend_from_slice(b);
+                        crate::capture::save("signal_frame", &crate::capture::SIGNAL, &seed);
+                    }
+                    Frame::Close => {}
                 }
                 match decode_request(&frame) {
                     Ok(Some(req)) => {
@@ -107,7 +121,7 @@ where
                 }
             }
             msg = rx.recv() => match msg {
-                Some(LinkMessage::Signal(resp)) => {
+                Some(LinkMessage::Signal(resp, _)) => {
                     if !send(&mut sink, encode_response(&resp, json)).await {
                         break LinkEnd::Stalled;
                     }
@@ -123,7 +137,7 @@ where
     };
     if end == LinkEnd::RoomClosed {
         // What the room queued before closing (a LeaveRequest) still goes out.
-        while let Ok(LinkMessage::Signal(resp)) = rx.try_recv() {
+        while let Some(LinkMessage::Signal(resp, _)) = rx.try_recv() {
             if !send(&mut sink, encode_response(&resp, json)).await {
                 break;
             }

@@ -5,6 +5,4 @@ mod codec;
 mod link;
 
 pub use codec::{Frame, decode_request, encode_response};
-pub use link::{
-    Attachment, LINK_QUEUE, LinkEnd, LinkGuard, Links, SEND_DEADLINE, refuse, run_link,
-};
+pub use link::{Attachment, LinkEnd, LinkGuard, Links, SEND_DEADLINE, refuse, run_link};

@@ -39,6 +39,10 @@ const RECV_BATCH: usize = 256;
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 /// Signaling commands handled per turn before sockets and timers get theirs.
 const COMMAND_BATCH: usize = 64;
+/// Time spent on signaling commands per turn, at most (give or take one command).
+const COMMAND_TIME: Duration = Duration::from_millis(2);
+/// Destinations one data packet may name; a packet naming more is dropped.
+const MAX_DATA_DESTINATIONS: usize = 1024;
 /// Local ufrags routed per transport: the current one and the one before an ICE restart.
 const ROUTED_UFRAGS: usize = 2;
 /// Longest sleep, so that a lost wake-up costs at most this much.
@@ -86,6 +90,12 @@ struct RoomMedia {
     settings: HashMap<Slot, (bool, usize)>,
     /// Lossy data messages dropped because a receiver's buffer was full.
     dropped_lossy: u64,
+    /// Reliable data messages handed to receivers.
+    reliable_delivered: u64,
+    /// Receivers whose reliable data channel filled up: reliable data is never dropped
+    /// silently, so their subscriber connection is closed (they rejoin) after the drain.
+    slow_receivers: Vec<TransportId>,
+    reliable_receivers_dropped: u64,
     /// Participants announced as speaking.
     speakers: HashSet<ParticipantSid>,
     /// Producer → the highest layer its publisher was last told is wanted.
@@ -93,6 +103,8 @@ struct RoomMedia {
     /// What was last added to the metrics from this room's router.
     reported: RouterStats,
     reported_dropped_lossy: u64,
+    /// (delivered, receivers dropped) last added to the metrics.
+    reported_reliable: (u64, u64),
     next_timeout: Instant,
 }
 
@@ -119,8 +131,16 @@ impl RoomMedia {
 /// std's DoS-resistant hasher.
 #[derive(Default)]
 struct Demux {
-    by_ufrag: HashMap<String, (RoomIdx, TransportId)>,
+    by_ufrag: HashMap<String, Route>,
     by_addr: HashMap<SocketAddr, (RoomIdx, TransportId)>,
+}
+
+/// Where a local ufrag leads, and the password its STUN must be signed with before its
+/// source address is trusted.
+struct Route {
+    room: RoomIdx,
+    transport: TransportId,
+    password: String,
 }
 
 impl Demux {
@@ -138,6 +158,10 @@ struct TcpConn {
     remote: SocketAddr,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// The transport its first frame named.
+    owner: Option<(RoomIdx, TransportId)>,
+    opened: Instant,
+    last_rx: Instant,
 }
 
 /// What a worker is built from.
@@ -196,6 +220,19 @@ impl Net {
                     );
                 }
             }
+        }
+    }
+
+    /// Closes the ICE/TCP connections of a transport that is gone.
+    fn close_tcp_of(&mut self, registry: &mio::Registry, room: RoomIdx, transport: TransportId) {
+        let tokens: Vec<Token> = self
+            .tcp
+            .iter()
+            .filter(|(_, c)| c.owner == Some((room, transport)))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            self.close_tcp(registry, t);
         }
     }
 
@@ -301,6 +338,7 @@ impl Worker {
             if now.duration_since(last_flush) >= STATS_FLUSH {
                 last_flush = now;
                 self.flush_stats();
+                self.close_idle_tcp(now);
             }
             if now.duration_since(last_speakers) >= SPEAKER_INTERVAL {
                 last_speakers = now;
@@ -328,10 +366,11 @@ impl Worker {
                 return;
             }
             let woke = Instant::now();
-            // A bounded batch, so that a flood of signaling cannot starve media.
+            // A bounded batch, in count and in time, so that a flood of signaling (an SDP
+            // takes a while to parse) cannot starve media.
             more_commands = false;
             for n in 0.. {
-                if n == COMMAND_BATCH {
+                if n == COMMAND_BATCH || woke.elapsed() >= COMMAND_TIME {
                     more_commands = true;
                     break;
                 }
@@ -359,6 +398,20 @@ impl Worker {
                 .metrics
                 .busy_us
                 .inc_by(woke.elapsed().as_micros() as u64);
+        }
+    }
+
+    /// Closes ICE/TCP connections silent for [`tcp::IDLE_TIMEOUT`].
+    fn close_idle_tcp(&mut self, now: Instant) {
+        let idle: Vec<Token> = self
+            .net
+            .tcp
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.last_rx) >= tcp::IDLE_TIMEOUT)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in idle {
+            self.net.close_tcp(self.poll.registry(), t);
         }
     }
 
@@ -414,6 +467,25 @@ impl Worker {
             self.net.close_tcp(self.poll.registry(), old);
             self.net.tcp_by_addr.insert(remote, token);
         }
+        let owner = demux::stun_local_ufrag(&first)
+            .and_then(|u| self.demux.by_ufrag.get(u))
+            .map(|r| (r.room, r.transport));
+        // A transport needs one connection; a few allow for a client's retries. Past that
+        // the oldest goes, so one client cannot hold connections without limit.
+        let mut same: Vec<(Instant, Token)> = self
+            .net
+            .tcp
+            .iter()
+            .filter(|(_, c)| owner.is_some() && c.owner == owner)
+            .map(|(t, c)| (c.opened, *t))
+            .collect();
+        if same.len() >= tcp::MAX_PER_TRANSPORT {
+            same.sort();
+            for (_, t) in &same[..=same.len() - tcp::MAX_PER_TRANSPORT] {
+                self.net.close_tcp(self.poll.registry(), *t);
+            }
+        }
+        let now = Instant::now();
         self.net.tcp.insert(
             token,
             TcpConn {
@@ -421,6 +493,9 @@ impl Worker {
                 remote,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
+                owner,
+                opened: now,
+                last_rx: now,
             },
         );
         debug!(%remote, "ice-tcp connection adopted");
@@ -441,7 +516,10 @@ impl Worker {
                         closed = true;
                         break;
                     }
-                    Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        conn.rbuf.extend_from_slice(&buf[..n]);
+                        conn.last_rx = Instant::now();
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {
@@ -481,10 +559,17 @@ impl Worker {
     }
 
     fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, proto: Protocol, now: Instant) {
+        crate::capture::save("datagram", &crate::capture::DATAGRAM, data);
         // STUN names its transport, which matters when one remote address talks to two of
         // our transports (a client reusing a socket); everything else goes by address.
-        let by_ufrag =
-            demux::stun_local_ufrag(data).and_then(|ufrag| self.demux.by_ufrag.get(ufrag).copied());
+        let route = demux::stun_local_ufrag(data).and_then(|ufrag| self.demux.by_ufrag.get(ufrag));
+        let by_ufrag = route.map(|r| (r.room, r.transport));
+        // A new address is trusted only with STUN its transport's password signed: knowing
+        // a ufrag (it travels in the clear) must not let anyone redirect a transport.
+        let learn = route.is_some_and(|r| {
+            self.demux.by_addr.get(&source) != Some(&(r.room, r.transport))
+                && demux::stun_integrity_ok(data, &r.password)
+        });
         let target = by_ufrag.or_else(|| self.demux.by_addr.get(&source).copied());
         let Some((room, transport)) = target else {
             self.net.metrics.dropped.inc();
@@ -500,8 +585,8 @@ impl Worker {
             trace!(%source, "unparseable datagram");
             return;
         };
-        if by_ufrag.is_some() {
-            // The ufrag matched; later packets from this address need no STUN to find it.
+        if learn {
+            // Later packets from this address need no STUN to find their transport.
             self.demux.by_addr.insert(source, (room, transport));
         }
         // RTP/RTCP (RFC 7983: first byte 128..=191); sampled, as reading the clock per
@@ -630,6 +715,14 @@ impl Worker {
                     }
                 });
             }
+            WorkerCommand::CloseProducer { room, producer } => {
+                let Some(&idx) = self.room_idx.get(&room) else {
+                    return;
+                };
+                self.with_room(idx, |room| {
+                    let _ = room.router.close_producer(producer);
+                });
+            }
             WorkerCommand::SetDataPermission {
                 key,
                 can_publish_data,
@@ -719,8 +812,12 @@ impl Worker {
                 speakers: HashSet::new(),
                 announced_layers: HashMap::new(),
                 dropped_lossy: 0,
+                reliable_delivered: 0,
+                slow_receivers: Vec::new(),
+                reliable_receivers_dropped: 0,
                 reported: RouterStats::default(),
                 reported_dropped_lossy: 0,
+                reported_reliable: (0, 0),
                 next_timeout: now,
             },
         );
@@ -737,6 +834,7 @@ impl Worker {
             for ufrag in &entry.ufrags {
                 self.registry.remove(ufrag);
             }
+            self.net.close_tcp_of(self.poll.registry(), idx, *tid);
         }
         let stats = room.router.stats();
         report(&self.net.metrics, &mut room, stats);
@@ -753,7 +851,8 @@ impl Worker {
         while self.demux.by_ufrag.contains_key(&ufrag) {
             ufrag = random_string(8);
         }
-        let options = TransportOptions::new(direction, ufrag.clone(), random_string(24));
+        let password = random_string(24);
+        let options = TransportOptions::new(direction, ufrag.clone(), password.clone());
         let entry = TransportEntry {
             participant: participant.clone(),
             direction,
@@ -765,14 +864,14 @@ impl Worker {
             room.transports.insert(tid, entry);
             tid
         })?;
-        self.route_ufrag(idx, tid, ufrag);
+        self.route_ufrag(idx, tid, ufrag, password);
         Some(tid)
     }
 
     /// Routes STUN for local ufrag `ufrag` (UDP and ICE/TCP) to a transport. The ufrag
     /// before it stays routed (a client may still use it until its answer is in); older
     /// ones are forgotten, so restarts cannot grow the maps.
-    fn route_ufrag(&mut self, idx: RoomIdx, tid: TransportId, ufrag: String) {
+    fn route_ufrag(&mut self, idx: RoomIdx, tid: TransportId, ufrag: String, password: String) {
         self.registry.insert(&ufrag, self.index);
         let mut retired = Vec::new();
         if let Some(entry) = self
@@ -790,22 +889,34 @@ impl Worker {
             self.registry.remove(&old);
             self.demux.by_ufrag.remove(&old);
         }
-        self.demux.by_ufrag.insert(ufrag, (idx, tid));
+        self.demux.by_ufrag.insert(
+            ufrag,
+            Route {
+                room: idx,
+                transport: tid,
+                password,
+            },
+        );
     }
 
     /// After an ICE restart (ours or the client's), the transport's new ufrag routes to it.
     fn follow_ufrag(&mut self, idx: RoomIdx, tid: TransportId) {
-        let Some(ufrag) = self
+        let Some((ufrag, password)) = self
             .rooms
             .get(&idx)
             .and_then(|r| r.router.transport(tid))
-            .map(|t| t.ice_ufrag().to_string())
+            .map(|t| (t.ice_ufrag().to_string(), t.ice_password().to_string()))
         else {
             return;
         };
-        if self.demux.by_ufrag.get(&ufrag) != Some(&(idx, tid)) {
+        let routed = self
+            .demux
+            .by_ufrag
+            .get(&ufrag)
+            .is_some_and(|r| (r.room, r.transport) == (idx, tid));
+        if !routed {
             debug!(%tid, "ice restarted; routing the new ufrag");
-            self.route_ufrag(idx, tid, ufrag);
+            self.route_ufrag(idx, tid, ufrag, password);
         }
     }
 
@@ -982,6 +1093,7 @@ impl Worker {
                     self.registry.remove(ufrag);
                 }
             }
+            self.net.close_tcp_of(self.poll.registry(), idx, tid);
             let _ = room.router.close_transport(tid);
         }
         // Closing may have ended producers and consumers: their events go out now.
@@ -1016,13 +1128,49 @@ impl Worker {
             r
         }));
         match result {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                if !room.slow_receivers.is_empty() {
+                    self.drop_slow_receivers(idx);
+                }
+                Some(r)
+            }
             Err(_) => {
                 error!(room = %room.sid, "router panicked; closing the room's media");
                 self.fail_room(idx);
                 None
             }
         }
+    }
+
+    /// Closes the subscriber connections whose reliable data channel is full: the message
+    /// cannot be delivered in order any more, and dropping it silently would break the
+    /// channel's promise. The room asks those clients to rejoin.
+    fn drop_slow_receivers(&mut self, idx: RoomIdx) {
+        let Some(room) = self.rooms.get_mut(&idx) else {
+            return;
+        };
+        let slow = std::mem::take(&mut room.slow_receivers);
+        for tid in slow {
+            let Some(entry) = room.transports.remove(&tid) else {
+                continue;
+            };
+            warn!(room = %room.sid, participant = %entry.participant, "reliable data backed up; closing the receiver's connection");
+            room.reliable_receivers_dropped += 1;
+            self.demux.forget(idx, tid, &entry.ufrags);
+            for ufrag in &entry.ufrags {
+                self.registry.remove(ufrag);
+            }
+            self.net.close_tcp_of(self.poll.registry(), idx, tid);
+            if let Some(peer) = room.peers.get_mut(&entry.participant) {
+                peer.subscriber = None;
+            }
+            let _ = room.router.close_transport(tid);
+            room.emit(MediaEvent::Closed {
+                participant: entry.participant,
+                direction: entry.direction,
+            });
+        }
+        self.with_room(idx, |_| {});
     }
 
     /// [`Self::with_room`] for calls that need only the router.
@@ -1053,7 +1201,7 @@ fn drain(
                 room.next_timeout = at;
                 return;
             }
-            Output::Event(event) => handle_event(idx, room, demux, ufrags, event),
+            Output::Event(event) => handle_event(idx, room, net, registry, demux, ufrags, event),
         }
     }
 }
@@ -1061,6 +1209,8 @@ fn drain(
 fn handle_event(
     idx: RoomIdx,
     room: &mut RoomMedia,
+    net: &mut Net,
+    registry: &mio::Registry,
     demux: &mut Demux,
     ufrags: &UfragRegistry,
     event: Event,
@@ -1100,6 +1250,7 @@ fn handle_event(
             });
             if let Some(entry) = room.transports.remove(&transport) {
                 demux.forget(idx, transport, &entry.ufrags);
+                net.close_tcp_of(registry, idx, transport);
                 for ufrag in &entry.ufrags {
                     ufrags.remove(ufrag);
                 }
@@ -1193,8 +1344,10 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
             DataKind::Lossy => proto::data_packet::Kind::Lossy,
         } as i32;
     }
-    let mut identities = std::mem::take(&mut packet.destination_identities);
-    let mut sids = Vec::new();
+    let mut identities: HashSet<String> = std::mem::take(&mut packet.destination_identities)
+        .into_iter()
+        .collect();
+    let mut sids: HashSet<String> = HashSet::new();
     // The deprecated per-packet fields are still read by older clients, so they are filled.
     #[allow(deprecated)]
     {
@@ -1206,14 +1359,18 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
             sids.extend(user.destination_sids.iter().cloned());
         }
     }
+    if identities.len() + sids.len() > MAX_DATA_DESTINATIONS {
+        trace!(participant = %sender_sid, "data packet naming too many destinations dropped");
+        return;
+    }
     let targets: Vec<TransportId> = room
         .peers
         .iter()
         .filter(|(sid, _)| **sid != sender_sid)
         .filter(|(sid, p)| {
             (identities.is_empty() && sids.is_empty())
-                || identities.iter().any(|i| p.identity == *i)
-                || sids.iter().any(|s| *sid == s)
+                || identities.contains(p.identity.as_str())
+                || sids.contains(sid.as_str())
         })
         .filter_map(|(_, p)| p.subscriber)
         .collect();
@@ -1222,11 +1379,22 @@ fn relay_data(room: &mut RoomMedia, from: TransportId, kind: DataKind, data: &[u
 
 fn deliver(room: &mut RoomMedia, targets: &[TransportId], kind: DataKind, bytes: &[u8]) {
     for t in targets {
-        if let Err(e) = room.router.send_data(*t, kind, bytes) {
-            if kind == DataKind::Lossy {
+        match (room.router.send_data(*t, kind, bytes), kind) {
+            (Ok(()), DataKind::Reliable) => room.reliable_delivered += 1,
+            (Ok(()), DataKind::Lossy) => {}
+            (Err(e), DataKind::Lossy) => {
                 room.dropped_lossy += 1;
+                trace!(transport = %t, "lossy data not delivered: {e}");
             }
-            trace!(transport = %t, "data not delivered: {e}");
+            (Err(aviary_sfu::SendDataError::BufferFull), DataKind::Reliable) => {
+                if !room.slow_receivers.contains(t) {
+                    room.slow_receivers.push(*t);
+                }
+            }
+            (Err(e), DataKind::Reliable) => {
+                // Its channel is not open (yet, or any more): nothing was promised to it.
+                trace!(transport = %t, "reliable data not delivered: {e}");
+            }
         }
     }
 }
@@ -1314,6 +1482,12 @@ fn report(m: &WorkerMetrics, room: &mut RoomMedia, now: RouterStats) {
         .inc_by(now.keyframe_requests_sent - was.keyframe_requests_sent);
     m.data_dropped
         .inc_by(room.dropped_lossy - room.reported_dropped_lossy);
+    let (delivered, dropped) = room.reported_reliable;
+    m.data_reliable_delivered
+        .inc_by(room.reliable_delivered - delivered);
+    m.data_receivers_dropped
+        .inc_by(room.reliable_receivers_dropped - dropped);
+    room.reported_reliable = (room.reliable_delivered, room.reliable_receivers_dropped);
     room.reported = now;
     room.reported_dropped_lossy = room.dropped_lossy;
 }

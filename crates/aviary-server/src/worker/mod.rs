@@ -5,7 +5,7 @@
 mod event_loop;
 mod tcp;
 
-pub use tcp::UfragRegistry;
+pub use tcp::{UfragRegistry, take_frames};
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -109,6 +109,13 @@ pub enum WorkerCommand {
         room: RoomSid,
         /// Which track.
         track_sid: TrackSid,
+    },
+    /// Ends a producer no track was announced for.
+    CloseProducer {
+        /// Room sid.
+        room: RoomSid,
+        /// Which producer.
+        producer: ProducerId,
     },
     /// Changes whether a peer's data packets are relayed.
     SetDataPermission {

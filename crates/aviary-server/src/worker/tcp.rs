@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aviary_sfu::demux;
 use tracing::{debug, warn};
@@ -19,12 +19,20 @@ use super::{WorkerCommand, WorkerHandle};
 
 /// Longest frame accepted (a frame carries one UDP-sized packet).
 pub(crate) const MAX_FRAME: usize = 1500 * 2;
-/// Time a new connection gets to send its first frame.
+/// Time a new connection gets to send its whole first frame (one deadline, however the
+/// bytes trickle in).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections that may be waiting for their first frame at once.
 const MAX_PENDING: usize = 64;
+/// Of those, from one IP address.
+const MAX_PENDING_PER_IP: usize = 8;
 /// Bytes queued toward a slow TCP peer before further packets are dropped (as UDP would).
 pub(crate) const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+/// ICE/TCP connections adopted per transport; past it the oldest is closed.
+pub(crate) const MAX_PER_TRANSPORT: usize = 4;
+/// An adopted connection that sends nothing for this long is closed (ICE checks come
+/// every few seconds on a live one).
+pub(crate) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Which worker owns which local ICE ufrag; written when transports come and go, read once
 /// per new TCP connection.
@@ -50,7 +58,7 @@ impl UfragRegistry {
 }
 
 /// Splits complete RFC 4571 frames off the front of `buf`.
-pub(crate) fn take_frames(buf: &mut Vec<u8>) -> Result<Vec<Vec<u8>>, io::Error> {
+pub fn take_frames(buf: &mut Vec<u8>) -> Result<Vec<Vec<u8>>, io::Error> {
     let mut frames = Vec::new();
     let mut at = 0;
     while buf.len() >= at + 2 {
@@ -84,6 +92,7 @@ pub(crate) fn start_acceptor(
     workers: Vec<WorkerHandle>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let pending = Arc::new(AtomicUsize::new(0));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     std::thread::Builder::new()
         .name("aviary-ice-tcp".into())
         .spawn(move || {
@@ -95,12 +104,28 @@ pub(crate) fn start_acceptor(
                         continue;
                     }
                 };
+                let Ok(ip) = stream.peer_addr().map(|a| a.ip()) else {
+                    continue;
+                };
                 if pending.load(Ordering::Relaxed) >= MAX_PENDING {
                     continue;
                 }
+                {
+                    let mut per_ip = per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = per_ip.entry(ip).or_insert(0);
+                    if *n >= MAX_PENDING_PER_IP {
+                        debug!(%ip, "too many ice-tcp handshakes from one address");
+                        continue;
+                    }
+                    *n += 1;
+                }
                 pending.fetch_add(1, Ordering::Relaxed);
-                let (registry, workers, pending) =
-                    (registry.clone(), workers.clone(), pending.clone());
+                let (registry, workers, pending, per_ip) = (
+                    registry.clone(),
+                    workers.clone(),
+                    pending.clone(),
+                    per_ip.clone(),
+                );
                 let spawned = std::thread::Builder::new()
                     .name("aviary-ice-tcp-hello".into())
                     .spawn(move || {
@@ -108,6 +133,13 @@ pub(crate) fn start_acceptor(
                             debug!("ice-tcp connection refused: {e}");
                         }
                         pending.fetch_sub(1, Ordering::Relaxed);
+                        let mut per_ip = per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(n) = per_ip.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                per_ip.remove(&ip);
+                            }
+                        }
                     });
                 if let Err(e) = spawned {
                     warn!("cannot start ice-tcp handshake thread: {e}");
@@ -123,9 +155,9 @@ fn hand_off(
     workers: &[WorkerHandle],
 ) -> io::Result<()> {
     let remote = stream.peer_addr()?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut len = [0u8; 2];
-    stream.read_exact(&mut len)?;
+    read_by(&mut stream, &mut len, deadline)?;
     let len = u16::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(
@@ -134,7 +166,7 @@ fn hand_off(
         ));
     }
     let mut first = vec![0u8; len];
-    stream.read_exact(&mut first)?;
+    read_by(&mut stream, &mut first, deadline)?;
     let ufrag = demux::stun_local_ufrag(&first)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "first frame is not STUN"))?;
     let worker = registry
@@ -151,6 +183,28 @@ fn hand_off(
         remote,
         first,
     });
+    Ok(())
+}
+
+/// Fills `buf` from `stream` before `deadline`, however the bytes are split.
+fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "handshake too slow",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[at..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
