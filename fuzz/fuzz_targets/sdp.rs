@@ -1,0 +1,3 @@
+#![no_main]
+// See aviary_server::fuzzing::sdp for what this drives.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| aviary_server::fuzzing::sdp(data));
