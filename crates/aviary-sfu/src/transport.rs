@@ -388,9 +388,7 @@ impl Transport {
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| NegotiateError::Malformed(e.to_string()))?;
         let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
+            .contain(|rtc| rtc.sdp_api().accept_offer(offer))?
             .map_err(|e| NegotiateError::Refused(e.to_string()))?;
         self.negotiated = true;
         // An offer with new ICE credentials restarts ICE, and str0m answers it with new ones
@@ -417,7 +415,11 @@ impl Transport {
         let Some(in_flight) = self.pending_offer.take() else {
             return (Err(NegotiateError::NoPendingOffer(self.id)), Vec::new());
         };
-        let result = self.rtc.sdp_api().accept_answer(in_flight.pending, answer);
+        let result =
+            match self.contain(|rtc| rtc.sdp_api().accept_answer(in_flight.pending, answer)) {
+                Ok(r) => r,
+                Err(e) => return (Err(e), Vec::new()),
+            };
         self.drive(sink);
         let result = match result {
             Ok(()) => {
@@ -467,11 +469,36 @@ impl Transport {
     }
 
     pub(crate) fn handle_input(&mut self, input: Input<'_>, sink: &mut Sink) {
-        if let Err(e) = self.rtc.handle_input(input) {
+        match self.contain(|rtc| rtc.handle_input(input)) {
             // A bad datagram is not fatal to the peer; str0m only errors on real breakage.
-            debug!(transport = %self.id, "handle_input: {e}");
+            Ok(Err(e)) => debug!(transport = %self.id, "handle_input: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => return,
         }
         self.drive(sink);
+    }
+
+    /// Runs `f` on this transport's `Rtc`, containing a panic to this transport: a peer's
+    /// input that makes str0m panic (a str0m bug: it asserts on some crafted SDP) closes
+    /// that peer's connection, not its room.
+    fn contain<T>(&mut self, f: impl FnOnce(&mut Rtc) -> T) -> Result<T, NegotiateError> {
+        let rtc = &mut self.rtc;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rtc))) {
+            Ok(v) => Ok(v),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::warn!(transport = %self.id, "str0m panicked on the peer's input ({what}); closing the transport");
+                self.closed = Some(CloseReason::Failed(format!("str0m panicked: {what}")));
+                self.next_timeout = None;
+                Err(NegotiateError::Refused(format!(
+                    "the description could not be applied ({what})"
+                )))
+            }
+        }
     }
 
     /// Drains str0m's outputs until its next timeout.

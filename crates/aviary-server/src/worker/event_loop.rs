@@ -41,6 +41,8 @@ const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 const COMMAND_BATCH: usize = 64;
 /// Time spent on signaling commands per turn, at most (give or take one command).
 const COMMAND_TIME: Duration = Duration::from_millis(2);
+/// Reliable messages kept for one receiver whose channel is not open yet.
+const WAITING_DATA: usize = 64;
 /// Destinations one data packet may name; a packet naming more is dropped.
 const MAX_DATA_DESTINATIONS: usize = 1024;
 /// Local ufrags routed per transport: the current one and the one before an ICE restart.
@@ -95,6 +97,9 @@ struct RoomMedia {
     /// Receivers whose reliable data channel filled up: reliable data is never dropped
     /// silently, so their subscriber connection is closed (they rejoin) after the drain.
     slow_receivers: Vec<TransportId>,
+    /// Reliable messages for receivers whose reliable channel is not open yet (a server
+    /// message right after a join), sent when it opens; bounded per receiver.
+    waiting_data: HashMap<TransportId, Vec<Vec<u8>>>,
     reliable_receivers_dropped: u64,
     /// Participants announced as speaking.
     speakers: HashSet<ParticipantSid>,
@@ -814,6 +819,7 @@ impl Worker {
                 dropped_lossy: 0,
                 reliable_delivered: 0,
                 slow_receivers: Vec::new(),
+                waiting_data: HashMap::new(),
                 reliable_receivers_dropped: 0,
                 reported: RouterStats::default(),
                 reported_dropped_lossy: 0,
@@ -1087,6 +1093,7 @@ impl Worker {
         room.settings.retain(|(sub, _), _| *sub != key.participant);
         room.speakers.remove(&key.participant);
         for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
+            room.waiting_data.remove(&tid);
             if let Some(entry) = room.transports.remove(&tid) {
                 self.demux.forget(idx, tid, &entry.ufrags);
                 for ufrag in &entry.ufrags {
@@ -1151,6 +1158,7 @@ impl Worker {
         };
         let slow = std::mem::take(&mut room.slow_receivers);
         for tid in slow {
+            room.waiting_data.remove(&tid);
             let Some(entry) = room.transports.remove(&tid) else {
                 continue;
             };
@@ -1248,6 +1256,7 @@ fn handle_event(
                 participant,
                 direction,
             });
+            room.waiting_data.remove(&transport);
             if let Some(entry) = room.transports.remove(&transport) {
                 demux.forget(idx, transport, &entry.ufrags);
                 net.close_tcp_of(registry, idx, transport);
@@ -1264,6 +1273,13 @@ fn handle_event(
         }
         Event::DataChannelOpen { transport, kind } => {
             debug!(room = %room.sid, %transport, ?kind, "data channel open");
+            if kind == DataKind::Reliable
+                && let Some(waiting) = room.waiting_data.remove(&transport)
+            {
+                for bytes in waiting {
+                    deliver(room, &[transport], DataKind::Reliable, &bytes);
+                }
+            }
         }
         Event::DataReceived {
             transport,
@@ -1388,6 +1404,16 @@ fn deliver(room: &mut RoomMedia, targets: &[TransportId], kind: DataKind, bytes:
             }
             (Err(aviary_sfu::SendDataError::BufferFull), DataKind::Reliable) => {
                 if !room.slow_receivers.contains(t) {
+                    room.slow_receivers.push(*t);
+                }
+            }
+            (Err(aviary_sfu::SendDataError::NotOpen), DataKind::Reliable) => {
+                // Kept for when the channel opens; a receiver that never opens it and
+                // keeps being sent to is treated as one that cannot keep up.
+                let waiting = room.waiting_data.entry(*t).or_default();
+                if waiting.len() < WAITING_DATA {
+                    waiting.push(bytes.to_vec());
+                } else if !room.slow_receivers.contains(t) {
                     room.slow_receivers.push(*t);
                 }
             }
