@@ -9,6 +9,7 @@ tests/browser/README.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import collections
 import time
 
@@ -257,19 +258,30 @@ async def publish_python_video(room: rtc.Room, stop: asyncio.Event) -> asyncio.T
     return asyncio.create_task(feed())
 
 
-async def test_page_subscribes_to_python_video(server: Server, browsers: Browsers) -> None:
-    room = unique("web-sub")
+@contextlib.asynccontextmanager
+async def page_seeing_python_video(server: Server, clients: Clients, browsers: Browsers, room: str):
+    """A page in `room` (there first, so the track arrives while it is connected)
+    and a python participant publishing video to it; yields the page."""
     stop = asyncio.Event()
     feeder = None
-    async with Clients(server) as clients, browsers:
-        try:
-            # the page is there first: the track arrives while it is connected
-            page = await browsers.open("web")
-            await connect_page(page, server, room, "web")
+    try:
+        page = await browsers.open("web")
+        await connect_page(page, server, room, "web")
+        pub = await clients.join(room, "py-pub")
+        feeder = await publish_python_video(pub.room, stop)
+        await page.call("waitForParticipant", "py-pub", EVENT_TIMEOUT * 1000)
+        yield page
+    finally:
+        stop.set()
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
 
-            pub = await clients.join(room, "py-pub")
-            feeder = await publish_python_video(pub.room, stop)
-            await page.call("waitForParticipant", "py-pub", EVENT_TIMEOUT * 1000)
+
+async def test_page_subscribes_to_python_video(server: Server, browsers: Browsers) -> None:
+    room = unique("web-sub")
+    async with Clients(server) as clients, browsers:
+        async with page_seeing_python_video(server, clients, browsers, room) as page:
             t = time.monotonic()
             await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000,
                             timeout=MEDIA_TIMEOUT + 5)
@@ -282,8 +294,30 @@ async def test_page_subscribes_to_python_video(server: Server, browsers: Browser
             # python's encoder may scale down under load, never up, keeping 4:3
             assert 0 < w <= PY_WIDTH and 0 < h <= PY_HEIGHT, stats
             assert abs(w * 3 - h * 4) <= 8, f"decoded {w}x{h} is not 4:3: {stats}"
-        finally:
-            stop.set()
-            if feeder is not None:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
+
+
+async def test_page_resubscribing_reuses_its_m_section(server: Server, browsers: Browsers) -> None:
+    """Unsubscribing and subscribing again, over and over, brings the video back each
+    time on the m-section it had: the subscriber's SDP does not grow with the cycles."""
+    room = unique("web-resub")
+    async with Clients(server) as clients, browsers:
+        async with page_seeing_python_video(server, clients, browsers, room) as page:
+            await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000,
+                            timeout=MEDIA_TIMEOUT + 5)
+            stats = await page.call("waitForFramesDecoded", "py-pub", FRAMES,
+                                    MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5)
+            [before] = await page.call("subscriberSession")
+            for cycle in range(3):
+                await page.call("setSubscribed", "py-pub", "video", False, EVENT_TIMEOUT * 1000)
+                await page.call("setSubscribed", "py-pub", "video", True, EVENT_TIMEOUT * 1000)
+                # The receiver is the same one, so its decoded-frame count goes on
+                # from where it was.
+                want = stats["framesDecoded"] + FRAMES
+                stats = await page.call("waitForFramesDecoded", "py-pub", want,
+                                        MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5)
+                [now] = await page.call("subscriberSession")
+                assert now["mediaSections"] == before["mediaSections"], (
+                    f"cycle {cycle}: the subscriber SDP grew from {before} to {now}"
+                )
+                assert now["transceivers"] == before["transceivers"], (cycle, before, now)
+                assert now["receiving"] == before["receiving"], (cycle, before, now)

@@ -752,9 +752,9 @@ async def test_unpublish_reaches_the_other_participant(server: Server) -> None:
 
 
 async def test_update_subscriptions_true_resumes_forwarding(server: Server) -> None:
-    """After subscribe=False, subscribe=True brings alice's audio back to bob:
-    on the same media track (the server reactivates the m-section) or on a new
-    one (then the SDK emits track_subscribed again).
+    """After subscribe=False, subscribe=True brings alice's audio back to bob
+    (the server reactivates the m-section it had; the SDK emits track_subscribed
+    again).
 
     Careful: a subscriber offer that repeats an a=msid of another m-section
     (say an old inactive one) makes the SDK panic while parsing it, which

@@ -25,7 +25,8 @@ use crate::loudness::Loudness;
 use crate::producer::Producer;
 use crate::rewrite::Rewriter;
 use crate::transport::{
-    CloseReason, DataKind, Internal, Sink, Transport, TransportDirection, TransportOptions,
+    CloseReason, DataKind, Internal, Numbering, Reused, Sink, Transport, TransportDirection,
+    TransportOptions,
 };
 use crate::{
     ConsumerId, DtlsCert, NegotiateError, ProducerId, SendDataError, TransportError, TransportId,
@@ -373,7 +374,20 @@ impl Router {
         }
         let id = ConsumerId(self.next_id);
         self.next_id += 1;
-        t.add_consumer_media(id, kind, options.stream_id, options.track_id);
+        let (mid, rewriter, vp8) =
+            match t.add_consumer_media(id, kind, options.stream_id, options.track_id) {
+                // The m-line's numbering carries on from its last consumer.
+                Some(Reused { mid, numbering }) => {
+                    let (mut rewriter, mut vp8) = (numbering.rewriter, numbering.vp8);
+                    rewriter.resync();
+                    vp8.resync();
+                    (mid, rewriter, vp8)
+                }
+                None => (None, Rewriter::new(clock_rate), Vp8Munger::default()),
+            };
+        if let Some(mid) = mid {
+            self.consumer_by_mid.insert((options.transport, mid), id);
+        }
         self.consumers.insert(
             id,
             Consumer {
@@ -381,15 +395,15 @@ impl Router {
                 producer: options.producer,
                 transport: options.transport,
                 kind,
-                mid: None,
+                mid,
                 paused: options.paused,
                 started: false,
-                rewriter: Rewriter::new(clock_rate),
+                rewriter,
                 pt_map: HashMap::new(),
                 packets: 0,
                 layer: None,
                 preferred_layer: options.preferred_layer,
-                vp8: Vp8Munger::default(),
+                vp8,
             },
         );
         if let Some(p) = self.producers.get_mut(&options.producer) {
@@ -1050,7 +1064,11 @@ impl Router {
             p.consumers.retain(|x| *x != id);
         }
         if let Some(t) = self.transports.get_mut(&c.transport) {
-            t.remove_consumer_media(id, c.mid);
+            let numbering = Numbering {
+                rewriter: c.rewriter,
+                vp8: c.vp8,
+            };
+            t.remove_consumer_media(id, c.mid, numbering);
             let assigned = t.offer_if_needed(&mut self.sink);
             self.assign_mids(c.transport, assigned);
         }

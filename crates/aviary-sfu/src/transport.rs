@@ -15,6 +15,8 @@ use str0m::{Candidate, IceConnectionState, Input, Rtc};
 use tracing::{debug, trace};
 
 use crate::error::NegotiateError;
+use crate::layers::Vp8Munger;
+use crate::rewrite::Rewriter;
 use crate::router::{Event, Output};
 use crate::{ConsumerId, SendDataError, TransportId};
 
@@ -147,6 +149,32 @@ enum Change {
     },
     /// Stop sending on a consumer's m-line (the consumer closed).
     StopMedia(Mid),
+    /// Send again on an idle m-line, for a new consumer of the same track.
+    ResumeMedia { consumer: ConsumerId, mid: Mid },
+}
+
+/// What identifies a send m-line to the client: its kind and msid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SendLine {
+    kind: MediaKind,
+    stream_id: String,
+    track_id: String,
+}
+
+/// The numbering state of a send m-line, kept while it idles so that a consumer reusing it
+/// carries on the sequence numbers, timestamps and VP8 picture ids the client last saw on
+/// its SSRC (SRTP's replay check would drop numbers it has seen before).
+#[derive(Debug, Clone)]
+pub(crate) struct Numbering {
+    pub(crate) rewriter: Rewriter,
+    pub(crate) vp8: Vp8Munger,
+}
+
+/// An idle m-line taken by a new consumer: its mid, if the consumer may use it at once (the
+/// stop had not been offered yet), and its numbering.
+pub(crate) struct Reused {
+    pub(crate) mid: Option<Mid>,
+    pub(crate) numbering: Numbering,
 }
 
 /// Our offer awaiting its answer: str0m's token, the changes it carries (offered again if
@@ -187,6 +215,12 @@ pub struct Transport {
     /// NACKs and keyframe requests received from the peer, summed over m-lines.
     pub(crate) nacks_received: u64,
     pub(crate) keyframe_requests_received: u64,
+    /// Every send m-line offered, by mid.
+    send_lines: std::collections::HashMap<Mid, SendLine>,
+    /// Send m-lines whose consumer closed. Subscribing to the same track again reactivates
+    /// its m-line instead of adding one: str0m never recycles its own m-lines, and an SDP
+    /// that grew with every subscribe cycle would slow every renegotiation.
+    idle: std::collections::HashMap<Mid, Numbering>,
 }
 
 impl Transport {
@@ -210,6 +244,8 @@ impl Transport {
             egress_feedback: std::collections::HashMap::new(),
             nacks_received: 0,
             keyframe_requests_received: 0,
+            send_lines: std::collections::HashMap::new(),
+            idle: std::collections::HashMap::new(),
         }
     }
 
@@ -256,30 +292,93 @@ impl Transport {
         self.changes.push(Change::ServerChannels);
     }
 
-    /// Queues an m-line for a consumer; its mid is known once the offer is made.
+    /// Finds a consumer its m-line: an idle one that carried the same track (returned with
+    /// its numbering), else a new one queued for the next offer. A mid comes back at once
+    /// only when the idle m-line's stop was never offered; otherwise it is known once the
+    /// offer is made.
     pub(crate) fn add_consumer_media(
         &mut self,
         consumer: ConsumerId,
         kind: MediaKind,
         stream_id: String,
         track_id: String,
-    ) {
-        self.changes.push(Change::AddMedia {
-            consumer,
+    ) -> Option<Reused> {
+        let line = SendLine {
             kind,
             stream_id,
             track_id,
+        };
+        let idle = self
+            .idle
+            .keys()
+            .copied()
+            .find(|mid| self.send_lines.get(mid) == Some(&line));
+        if let Some(mid) = idle
+            && let Some(numbering) = self.idle.remove(&mid)
+        {
+            let unsent_stop = self
+                .changes
+                .iter()
+                .position(|c| matches!(c, Change::StopMedia(m) if *m == mid));
+            if let Some(i) = unsent_stop {
+                // The client still has the m-line sending: nothing to negotiate.
+                self.changes.remove(i);
+                return Some(Reused {
+                    mid: Some(mid),
+                    numbering,
+                });
+            }
+            self.changes.push(Change::ResumeMedia { consumer, mid });
+            return Some(Reused {
+                mid: None,
+                numbering,
+            });
+        }
+        self.changes.push(Change::AddMedia {
+            consumer,
+            kind: line.kind,
+            stream_id: line.stream_id,
+            track_id: line.track_id,
         });
+        None
     }
 
-    /// Stops a consumer's m-line, or drops its queued addition if it was never offered.
-    pub(crate) fn remove_consumer_media(&mut self, consumer: ConsumerId, mid: Option<Mid>) {
+    /// Stops a consumer's m-line, keeping it idle with its numbering for a later consumer of
+    /// the same track; or, if it was never offered, drops its queued addition (or gives a
+    /// queued reactivation's m-line back to the idle ones).
+    pub(crate) fn remove_consumer_media(
+        &mut self,
+        consumer: ConsumerId,
+        mid: Option<Mid>,
+        numbering: Numbering,
+    ) {
         match mid {
-            Some(mid) => self.changes.push(Change::StopMedia(mid)),
-            None => self
-                .changes
-                .retain(|c| !matches!(c, Change::AddMedia { consumer: id, .. } if *id == consumer)),
+            Some(mid) => {
+                self.changes.push(Change::StopMedia(mid));
+                if self.send_lines.contains_key(&mid) {
+                    self.idle.insert(mid, numbering);
+                }
+            }
+            None => {
+                let mut resumed = None;
+                self.changes.retain(|c| match c {
+                    Change::AddMedia { consumer: id, .. } => *id != consumer,
+                    Change::ResumeMedia { consumer: id, mid } if *id == consumer => {
+                        resumed = Some(*mid);
+                        false
+                    }
+                    _ => true,
+                });
+                if let Some(mid) = resumed {
+                    self.idle.insert(mid, numbering);
+                }
+            }
         }
+    }
+
+    /// How many send m-lines the session has, idle ones included.
+    pub fn send_media_count(&self) -> usize {
+        self.send_lines.len()
     }
 
     /// Restarts ICE with new local credentials, carried by the next offer. An offer still
@@ -350,13 +449,25 @@ impl Transport {
                     let mid = api.add_media(
                         kind,
                         Direction::SendOnly,
-                        Some(stream_id),
-                        Some(track_id),
+                        Some(stream_id.clone()),
+                        Some(track_id.clone()),
                         None,
+                    );
+                    self.send_lines.insert(
+                        mid,
+                        SendLine {
+                            kind,
+                            stream_id,
+                            track_id,
+                        },
                     );
                     assigned.push((consumer, mid));
                 }
                 Change::StopMedia(mid) => api.set_direction(mid, Direction::Inactive),
+                Change::ResumeMedia { consumer, mid } => {
+                    api.set_direction(mid, Direction::SendOnly);
+                    assigned.push((consumer, mid));
+                }
             }
         }
         if let Some((offer, pending)) = api.apply() {

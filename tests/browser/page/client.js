@@ -396,6 +396,36 @@
       }
     },
 
+    // Subscribe to or unsubscribe from `identity`'s `kind` track, as an app
+    // would (publication.setSubscribed); resolves once the SDK agrees.
+    async setSubscribed(identity, kind, subscribed, timeoutMs = 15000) {
+      const p = needRoom().remoteParticipants.get(identity);
+      if (!p) throw new Error(`no participant '${identity}'`);
+      const pub = Array.from(p.trackPublications.values()).find((x) => x.kind === kind);
+      if (!pub) throw new Error(`'${identity}' has no ${kind} publication`);
+      pub.setSubscribed(subscribed);
+      const want = subscribed ? 'subscribed' : 'unsubscribed';
+      return poll(`the ${kind} track from '${identity}' to be ${want}`, timeoutMs,
+        () => (Boolean(pub.track) === subscribed
+          ? { done: true, value: { sid: pub.trackSid } }
+          : { isSubscribed: pub.isSubscribed, hasTrack: Boolean(pub.track) }));
+    },
+
+    // The subscriber connection (the one the server offers on): how many
+    // m-sections the server's last offer has, and how many transceivers and
+    // receiving ones the browser keeps.
+    subscriberSession() {
+      return window.aviaryPeerConnections
+        .filter((pc) => pc.connectionState !== 'closed' && pc.remoteDescription
+          && pc.remoteDescription.type === 'offer')
+        .map((pc) => ({
+          id: pc.aviaryId,
+          mediaSections: (pc.remoteDescription.sdp.match(/^m=/gm) || []).length,
+          transceivers: pc.getTransceivers().length,
+          receiving: pc.getTransceivers().filter((t) => t.currentDirection === 'recvonly').length,
+        }));
+    },
+
     async peerConnections() {
       return { states: pcStates(), stats: await pcStats() };
     },

@@ -86,8 +86,6 @@ struct RoomMedia {
     producer_tracks: HashMap<ProducerId, TrackSid>,
     /// (subscriber sid, track sid) → consumer.
     consumers: HashMap<Slot, ConsumerId>,
-    /// (subscriber sid, track sid) → how many consumers it has had; see `subscribe`.
-    generations: HashMap<Slot, u32>,
     /// (subscriber sid, track sid) → its last `UpdateTrackSettings`: (paused, max layer).
     settings: HashMap<Slot, (bool, usize)>,
     /// Lossy data messages dropped because a receiver's buffer was full.
@@ -812,7 +810,6 @@ impl Worker {
                 tracks: HashMap::new(),
                 producer_tracks: HashMap::new(),
                 consumers: HashMap::new(),
-                generations: HashMap::new(),
                 settings: HashMap::new(),
                 speakers: HashSet::new(),
                 announced_layers: HashMap::new(),
@@ -954,20 +951,14 @@ impl Worker {
             else {
                 return;
             };
-            // LiveKit clients find the track by the msid stream id `PA_x|TR_y`. The msid track
-            // id only has to be unique: a stopped m-line keeps its msid, and an SDK that sees
-            // the same msid twice in one offer fails, so a re-subscription gets a new one.
-            let generation = room.generations.entry(slot.clone()).or_insert(0);
-            *generation += 1;
-            let msid_track = match *generation {
-                1 => track_sid.to_string(),
-                n => format!("{track_sid}-{n}"),
-            };
+            // LiveKit clients find the track by the msid stream id `PA_x|TR_y`. The msid is
+            // the same on every subscription to the track, so the router reactivates the
+            // m-line an earlier subscription left idle instead of adding one.
             let mut options = ConsumerOptions::new(
                 producer,
                 transport,
                 format!("{publisher}|{track_sid}"),
-                msid_track,
+                track_sid.to_string(),
             );
             if let Some(&(paused, max_layer)) = room.settings.get(&slot) {
                 options.paused = paused;
@@ -1088,8 +1079,6 @@ impl Worker {
             return;
         };
         room.consumers.retain(|(sub, _), _| *sub != key.participant);
-        room.generations
-            .retain(|(sub, _), _| *sub != key.participant);
         room.settings.retain(|(sub, _), _| *sub != key.participant);
         room.speakers.remove(&key.participant);
         for tid in [peer.subscriber, peer.publisher].into_iter().flatten() {
