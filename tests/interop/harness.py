@@ -113,16 +113,23 @@ class Server:
         self.api_secret = API_SECRET
         # Without --dev the keys must come from the config, flags or environment.
         self.dev = True
+        # As a newcomer runs it: `--dev` with only ports given, so HTTP on loopback
+        # and the advertised addresses the server's own choice.
+        self.as_newcomer = False
         self.env: dict[str, str] = {}
 
     # -- addresses
     @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.as_newcomer else NODE_IP
+
+    @property
     def ws_url(self) -> str:
-        return f"ws://{NODE_IP}:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{NODE_IP}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> Optional[int]:
@@ -133,10 +140,7 @@ class Server:
             str(self.binary),
             "serve",
             *(["--dev"] if self.dev else []),
-            "--bind",
-            "0.0.0.0",
-            "--node-ip",
-            NODE_IP,
+            *([] if self.as_newcomer else ["--bind", "0.0.0.0", "--node-ip", NODE_IP]),
             "--port",
             str(self.port),
             "--udp-port",

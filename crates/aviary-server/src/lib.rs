@@ -3,7 +3,9 @@
 //! `aviary-sfu` routers.
 #![deny(missing_docs)]
 
+pub mod addresses;
 pub mod auth;
+pub mod banner;
 #[doc(hidden)]
 pub mod capture;
 pub mod config;
@@ -39,34 +41,11 @@ pub enum ServeError {
     #[error("invalid bind address {0:?}")]
     BadBindAddress(String),
     /// A socket could not be bound or a thread not started.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// Webhooks are configured wrong.
-    #[error("{0}")]
+    #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
-}
-
-/// The IP put into ICE candidates: configured, or loopback when only loopback is served, or
-/// the first non-loopback IPv4 address of this host.
-pub fn node_ip(config: &Config) -> IpAddr {
-    if let Some(ip) = config.rtc.node_ip {
-        return ip;
-    }
-    let loopback_only = !config.bind_addresses.is_empty()
-        && config
-            .bind_addresses
-            .iter()
-            .all(|a| a.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()));
-    if !loopback_only
-        && let Ok(ifaces) = if_addrs::get_if_addrs()
-        && let Some(ip) = ifaces
-            .iter()
-            .map(|i| i.ip())
-            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-    {
-        return ip;
-    }
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
 /// Time rooms get to tell their participants and close at shutdown.
@@ -79,7 +58,7 @@ const WEBHOOK_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let node_ip = node_ip(&config);
+    let node_ips = addresses::advertised_ips(&config);
     let first_udp_port = config.rtc.udp_port.unwrap_or(config.rtc.port_range_start);
     let metrics = metrics::Metrics::new(threads);
     let workers = WorkerPool::start(&WorkerConfig {
@@ -87,15 +66,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         threads,
         bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         first_udp_port,
-        node_ip,
+        node_ips: node_ips.clone(),
         tcp_port: Some(config.rtc.tcp_port),
     })?;
-    info!(
-        workers = workers.len(),
-        %node_ip,
-        first_udp_port = workers.get(0).udp_addr.port(),
-        "media workers started"
-    );
     let settings = RoomSettings::new(
         config.room.clone(),
         config.limit.clone(),
@@ -149,6 +122,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.bind_addresses.clone()
     };
     let mut servers = tokio::task::JoinSet::new();
+    let mut http_addrs = Vec::new();
     for b in &binds {
         let ip: IpAddr = b
             .parse()
@@ -162,15 +136,45 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 continue;
             }
             Err(e) => {
-                return Err(
-                    std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")).into(),
-                );
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}; choose another port with --port"),
+                )
+                .into());
             }
         };
-        info!(%addr, "listening");
+        http_addrs.push(listener.local_addr()?);
         let app = app.clone();
         servers
             .spawn(async move { http::serve::serve(listener, app, ServeLimits::default()).await });
+    }
+
+    let listening = banner::Listening {
+        http: http_addrs,
+        udp_ports: (
+            workers.get(0).udp_addr.port(),
+            workers.get(workers.len() - 1).udp_addr.port(),
+        ),
+        tcp_port: workers.tcp_addr.map(|a| a.port()),
+        advertised: node_ips,
+    };
+    match config.keys.iter().next() {
+        Some((key, secret)) if config.development => {
+            // Printed, not logged: it is for the person who just typed `serve --dev`.
+            println!(
+                "{}",
+                listening.dev_banner(env!("CARGO_PKG_VERSION"), key, secret)
+            );
+        }
+        _ => info!(
+            url = %listening.sdk_url(),
+            http = ?listening.http,
+            udp_ports = ?listening.udp_ports,
+            tcp_port = ?listening.tcp_port,
+            advertised = ?listening.advertised,
+            workers = workers.len(),
+            "serving"
+        ),
     }
 
     if let Some(port) = config.prometheus.port.or(config.prometheus_port) {
@@ -194,7 +198,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 Err(e) => {
                     return Err(std::io::Error::new(
                         e.kind(),
-                        format!("cannot bind metrics {addr}: {e}"),
+                        format!(
+                            "cannot serve metrics on {addr}: {e}; choose another port with --prometheus-port"
+                        ),
                     )
                     .into());
                 }

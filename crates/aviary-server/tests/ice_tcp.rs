@@ -17,7 +17,7 @@ fn subscriber_connects_over_tcp_only() {
         threads: 1,
         bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         first_udp_port: 0,
-        node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         tcp_port: Some(0),
         metrics: aviary_server::metrics::Metrics::new(1),
     })

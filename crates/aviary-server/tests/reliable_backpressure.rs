@@ -19,7 +19,7 @@ fn a_receiver_whose_reliable_data_backs_up_is_disconnected() {
         threads: 1,
         bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         first_udp_port: 0,
-        node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         tcp_port: None,
         metrics: metrics.clone(),
     })

@@ -11,7 +11,8 @@ use clap::Args;
 /// Flags mirror livekit-server's, so that it can be swapped in.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Development mode: API key `devkey`, secret `secret`, loopback only, debug logs.
+    /// Development mode: API key `devkey`, secret `secret`, HTTP on loopback only, debug
+    /// logs, and a banner saying where to connect.
     #[arg(long)]
     dev: bool,
     /// Path to a livekit.yaml-style config file.
@@ -61,7 +62,11 @@ fn init_logging(level: &str, json: bool) {
             "{level},str0m=info,is=info,dimpl=info,sctp_proto=info"
         ))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: escape codes make a log file hard to read.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {

@@ -1,8 +1,8 @@
 //! One worker thread: its socket, its rooms' routers, and the demultiplexer between them.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +35,10 @@ const STATS_FLUSH: Duration = Duration::from_secs(1);
 const DELAY_SAMPLE: u64 = 8;
 /// Datagrams read per turn before timers and commands get their turn.
 const RECV_BATCH: usize = 256;
+/// Receive buffers per `recvmmsg`; each may hold several datagrams coalesced by GRO.
+const RECV_SLOTS: usize = 16;
+/// Room for one datagram (str0m's MTU is well below; a larger one is cut and fails to parse).
+const MAX_DATAGRAM: usize = 2048;
 /// How often speaking participants are worked out (upstream's audio update interval).
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 /// Signaling commands handled per turn before sockets and timers get theirs.
@@ -165,17 +169,40 @@ struct TcpConn {
     owner: Option<(RoomIdx, TransportId)>,
     opened: Instant,
     last_rx: Instant,
+    /// The local address the client connected to (which of our candidates it chose).
+    local_ip: Option<IpAddr>,
 }
 
 /// What a worker is built from.
 pub(super) struct WorkerSetup {
     pub(super) index: usize,
     pub(super) socket: std::net::UdpSocket,
-    pub(super) advertised: SocketAddr,
-    pub(super) advertised_tcp: Option<SocketAddr>,
+    /// The UDP addresses put into candidates, the preferred first (never empty).
+    pub(super) advertised: Vec<SocketAddr>,
+    /// The same for ICE/TCP (empty when it is off).
+    pub(super) advertised_tcp: Vec<SocketAddr>,
     pub(super) cert: DtlsCert,
     pub(super) registry: UfragRegistry,
     pub(super) metrics: WorkerMetrics,
+}
+
+/// Buffers for batched UDP reads.
+struct RecvBufs {
+    bufs: Vec<Box<[u8]>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+impl RecvBufs {
+    /// Slots big enough for `gro_segments` datagrams each.
+    fn new(gro_segments: usize) -> Self {
+        let size = MAX_DATAGRAM * gro_segments.max(1);
+        Self {
+            bufs: (0..RECV_SLOTS)
+                .map(|_| vec![0u8; size].into_boxed_slice())
+                .collect(),
+            meta: vec![quinn_udp::RecvMeta::default(); RECV_SLOTS],
+        }
+    }
 }
 
 /// The worker's sockets, apart from its rooms so that a router's outputs can be sent while
@@ -183,6 +210,12 @@ pub(super) struct WorkerSetup {
 struct Net {
     metrics: WorkerMetrics,
     socket: mio::net::UdpSocket,
+    /// quinn-udp's view of `socket`: batched reads that report each datagram's
+    /// destination address, sends from a chosen source address.
+    udp: quinn_udp::UdpSocketState,
+    /// Several addresses are advertised: each reply must leave from the one the client
+    /// sent to, or its ICE check fails.
+    pick_source: bool,
     tcp: HashMap<Token, TcpConn>,
     tcp_by_addr: HashMap<SocketAddr, Token>,
 }
@@ -193,10 +226,21 @@ impl Net {
         self.metrics.bytes_out.inc_by(t.contents.len() as u64);
         match t.proto {
             Protocol::Udp => {
-                if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
-                    // UDP: a full buffer drops the datagram, as the network would.
+                let transmit = quinn_udp::Transmit {
+                    destination: t.destination,
+                    ecn: None,
+                    contents: &t.contents,
+                    segment_size: None,
+                    src_ip: self.pick_source.then(|| t.source.ip()),
+                };
+                // Only WouldBlock comes back (quinn-udp logs the rest): a full buffer
+                // drops the datagram, as the network would.
+                if let Err(e) = self
+                    .udp
+                    .send(quinn_udp::UdpSockRef::from(&self.socket), &transmit)
+                {
                     self.metrics.dropped.inc();
-                    trace!(dest = %t.destination, "send_to: {e}");
+                    trace!(dest = %t.destination, "send: {e}");
                 }
             }
             _ => {
@@ -269,13 +313,13 @@ pub(super) struct Worker {
     index: usize,
     poll: Poll,
     net: Net,
-    advertised_tcp: Option<SocketAddr>,
+    advertised_tcp: Vec<SocketAddr>,
     registry: UfragRegistry,
     next_token: usize,
     media_seen: u64,
     waker: Arc<Waker>,
     rx: mpsc::Receiver<WorkerCommand>,
-    advertised: SocketAddr,
+    advertised: Vec<SocketAddr>,
     cert: DtlsCert,
     rooms: HashMap<RoomIdx, RoomMedia>,
     room_idx: HashMap<RoomSid, RoomIdx>,
@@ -294,6 +338,11 @@ impl Worker {
             registry,
             metrics,
         } = setup;
+        if advertised.is_empty() {
+            return Err(io::Error::other("a worker needs an address to advertise"));
+        }
+        let udp = quinn_udp::UdpSocketState::new(quinn_udp::UdpSockRef::from(&socket))?;
+        let pick_source = advertised.len() > 1;
         let poll = Poll::new()?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
         poll.registry()
@@ -305,6 +354,8 @@ impl Worker {
             net: Net {
                 metrics,
                 socket,
+                udp,
+                pick_source,
                 tcp: HashMap::new(),
                 tcp_by_addr: HashMap::new(),
             },
@@ -329,9 +380,10 @@ impl Worker {
 
     pub(super) fn run(&mut self) {
         let _span = tracing::info_span!("worker", index = self.index).entered();
-        debug!(addr = %self.advertised, "worker started");
+        debug!(addrs = ?self.advertised, "worker started");
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut recv = RecvBufs::new(self.net.udp.gro_segments());
         let mut more_to_read = false;
         let mut more_commands = false;
         let mut last_flush = Instant::now();
@@ -395,7 +447,7 @@ impl Worker {
                     }
                 }
             }
-            more_to_read = self.read_socket(&mut buf);
+            more_to_read = self.read_socket(&mut recv);
             self.handle_timeouts(Instant::now());
             self.net
                 .metrics
@@ -436,18 +488,32 @@ impl Worker {
     }
 
     /// Reads up to one batch; returns true if the socket may hold more.
-    fn read_socket(&mut self, buf: &mut [u8]) -> bool {
-        for _ in 0..RECV_BATCH {
-            match self.net.socket.recv_from(buf) {
-                Ok((n, source)) => {
-                    self.net.metrics.packets_in.inc();
-                    self.net.metrics.bytes_in.inc_by(n as u64);
-                    self.handle_datagram(&buf[..n], source, Protocol::Udp, Instant::now())
-                }
+    fn read_socket(&mut self, recv: &mut RecvBufs) -> bool {
+        let mut read = 0;
+        while read < RECV_BATCH {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                recv.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let n = match self.net.udp.recv(
+                quinn_udp::UdpSockRef::from(&self.net.socket),
+                &mut slices,
+                &mut recv.meta,
+            ) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     // ICMP errors surface here on Linux; they are about one peer, not us.
-                    trace!("recv_from: {e}");
+                    trace!("recv: {e}");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for (slice, meta) in slices.iter().zip(&recv.meta).take(n) {
+                // GRO may have joined several datagrams of one sender, `stride` bytes each.
+                for datagram in slice[..meta.len].chunks(meta.stride.max(1)) {
+                    read += 1;
+                    self.net.metrics.packets_in.inc();
+                    self.net.metrics.bytes_in.inc_by(datagram.len() as u64);
+                    self.handle_datagram(datagram, meta.addr, meta.dst_ip, Protocol::Udp, now);
                 }
             }
         }
@@ -455,6 +521,7 @@ impl Worker {
     }
 
     fn adopt_tcp(&mut self, stream: std::net::TcpStream, remote: SocketAddr, first: Vec<u8>) {
+        let local_ip = stream.local_addr().ok().map(|a| a.ip());
         let mut stream = mio::net::TcpStream::from_std(stream);
         let token = Token(self.next_token);
         self.next_token += 1;
@@ -499,17 +566,18 @@ impl Worker {
                 owner,
                 opened: now,
                 last_rx: now,
+                local_ip,
             },
         );
         debug!(%remote, "ice-tcp connection adopted");
-        self.handle_datagram(&first, remote, Protocol::Tcp, Instant::now());
+        self.handle_datagram(&first, remote, local_ip, Protocol::Tcp, Instant::now());
     }
 
     fn tcp_readable(&mut self, token: Token, buf: &mut [u8]) {
         use std::io::Read;
         let mut frames = Vec::new();
         let mut closed = false;
-        let remote = {
+        let (remote, local_ip) = {
             let Some(conn) = self.net.tcp.get_mut(&token) else {
                 return;
             };
@@ -535,12 +603,12 @@ impl Worker {
                 Ok(f) => frames = f,
                 Err(_) => closed = true,
             }
-            conn.remote
+            (conn.remote, conn.local_ip)
         };
         for frame in frames {
             self.net.metrics.packets_in.inc();
             self.net.metrics.bytes_in.inc_by(frame.len() as u64);
-            self.handle_datagram(&frame, remote, Protocol::Tcp, Instant::now());
+            self.handle_datagram(&frame, remote, local_ip, Protocol::Tcp, Instant::now());
         }
         if closed {
             self.net.close_tcp(self.poll.registry(), token);
@@ -561,7 +629,29 @@ impl Worker {
         }
     }
 
-    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, proto: Protocol, now: Instant) {
+    /// The candidate a datagram reached: the advertised address with the IP it was sent to,
+    /// else (behind a NAT, or the address is unknown) the preferred one.
+    fn destination(&self, proto: Protocol, local: Option<IpAddr>) -> SocketAddr {
+        let list = match proto {
+            Protocol::Udp => &self.advertised,
+            _ if self.advertised_tcp.is_empty() => &self.advertised,
+            _ => &self.advertised_tcp,
+        };
+        local
+            .and_then(|ip| list.iter().find(|a| a.ip() == ip))
+            .or(list.first())
+            .copied()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn handle_datagram(
+        &mut self,
+        data: &[u8],
+        source: SocketAddr,
+        local: Option<IpAddr>,
+        proto: Protocol,
+        now: Instant,
+    ) {
         crate::capture::save("datagram", &crate::capture::DATAGRAM, data);
         // STUN names its transport, which matters when one remote address talks to two of
         // our transports (a client reusing a socket); everything else goes by address.
@@ -579,10 +669,7 @@ impl Worker {
             trace!(%source, len = data.len(), "datagram for no transport");
             return;
         };
-        let destination = match proto {
-            Protocol::Udp => self.advertised,
-            _ => self.advertised_tcp.unwrap_or(self.advertised),
-        };
+        let destination = self.destination(proto, local);
         let Ok(receive) = Receive::new(proto, source, destination, data) else {
             self.net.metrics.dropped.inc();
             trace!(%source, "unparseable datagram");
@@ -788,10 +875,9 @@ impl Worker {
         }
         let idx = self.next_room;
         self.next_room = self.next_room.wrapping_add(1);
-        let mut candidates = vec![(self.advertised, Protocol::Udp)];
-        if let Some(tcp) = self.advertised_tcp {
-            candidates.push((tcp, Protocol::Tcp));
-        }
+        let udp = self.advertised.iter().map(|a| (*a, Protocol::Udp));
+        let tcp = self.advertised_tcp.iter().map(|a| (*a, Protocol::Tcp));
+        let candidates = udp.chain(tcp).collect();
         let config = RouterConfig {
             dtls_cert: Some(self.cert.clone()),
             candidates,

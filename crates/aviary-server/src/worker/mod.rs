@@ -274,8 +274,8 @@ pub struct WorkerConfig {
     pub bind_ip: IpAddr,
     /// Worker N binds `first_udp_port + N`; 0 picks free ports.
     pub first_udp_port: u16,
-    /// The IP advertised in ICE candidates.
-    pub node_ip: IpAddr,
+    /// The IPs advertised in ICE candidates, the preferred first (at least one).
+    pub node_ips: Vec<IpAddr>,
     /// ICE/TCP port (passive candidates); `None` disables ICE over TCP, 0 picks a free port.
     pub tcp_port: Option<u16>,
     /// Where workers count (at least `threads` worker entries).
@@ -349,7 +349,9 @@ impl WorkerPool {
             Some(port) => {
                 let addr = SocketAddr::new(config.bind_ip, port);
                 let l = std::net::TcpListener::bind(addr).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot bind ICE/TCP {addr}: {e}"))
+                    io::Error::new(e.kind(), format!(
+                        "cannot listen for ICE/TCP on {addr}: {e}; choose another port with --tcp-port"
+                    ))
                 })?;
                 Some(l)
             }
@@ -359,7 +361,14 @@ impl WorkerPool {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
-        let advertised_tcp = tcp_addr.map(|a| SocketAddr::new(config.node_ip, a.port()));
+        let advertised_tcp: Vec<SocketAddr> = match tcp_addr {
+            Some(a) => config
+                .node_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, a.port()))
+                .collect(),
+            None => Vec::new(),
+        };
         for index in 0..config.threads.max(1) {
             let port = if config.first_udp_port == 0 {
                 0
@@ -371,18 +380,29 @@ impl WorkerPool {
             };
             let bind = SocketAddr::new(config.bind_ip, port);
             let std_socket = std::net::UdpSocket::bind(bind)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {bind}: {e}")))?;
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot open UDP media port {bind}: {e}; choose other ports with --udp-port (worker N uses port + N)"
+                        ),
+                    )
+                })?;
             std_socket.set_nonblocking(true)?;
             size_buffers(&std_socket, bind);
             let udp_addr = std_socket.local_addr()?;
-            let advertised = SocketAddr::new(config.node_ip, udp_addr.port());
+            let advertised = config
+                .node_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, udp_addr.port()))
+                .collect();
             let (tx, rx) = mpsc::channel();
             let mut worker = event_loop::Worker::new(
                 event_loop::WorkerSetup {
                     index,
                     socket: std_socket,
                     advertised,
-                    advertised_tcp,
+                    advertised_tcp: advertised_tcp.clone(),
                     cert: cert.clone(),
                     registry: registry.clone(),
                     metrics: config.metrics.workers[index].clone(),
