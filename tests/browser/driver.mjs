@@ -266,10 +266,24 @@ async function main() {
       }
     });
     traceWebSockets(page);
-    await page.goto(pageUrl, { timeout: LAUNCH_TIMEOUT_MS });
-    await page.waitForFunction(() => window.aviary !== undefined, null, { timeout: 10000 });
-    const version = await page.evaluate(() => window.aviary.version());
-    reply({ ready: true, chromium: browser.version(), page: pageUrl, ...version });
+    // AVIARY_PAGE_URL: another page (the server's own /dev try page) instead of ours. It
+    // loads livekit-client from its CDN, which is answered from node_modules here (no
+    // traffic leaves the machine); observe.js still wraps RTCPeerConnection first.
+    const external = process.env.AVIARY_PAGE_URL;
+    if (external) {
+      await page.addInitScript({ path: FILES['/observe.js'][0] });
+      await page.route('https://cdn.jsdelivr.net/npm/livekit-client@*/dist/livekit-client.umd.js',
+        (route) => route.fulfill({ path: FILES['/livekit-client.umd.js'][0], contentType: 'text/javascript' }));
+      await page.route((url) => !/^(http|ws)s?:\/\/127\./.test(url.href) && !url.href.startsWith('https://cdn.jsdelivr.net/npm/livekit-client@'),
+        (route) => { log(`blocked a request off this machine: ${route.request().url()}`); return route.abort(); });
+      await page.goto(external, { timeout: LAUNCH_TIMEOUT_MS });
+      reply({ ready: true, chromium: browser.version(), page: external });
+    } else {
+      await page.goto(pageUrl, { timeout: LAUNCH_TIMEOUT_MS });
+      await page.waitForFunction(() => window.aviary !== undefined, null, { timeout: 10000 });
+      const version = await page.evaluate(() => window.aviary.version());
+      reply({ ready: true, chromium: browser.version(), page: pageUrl, ...version });
+    }
   } catch (e) {
     log(`startup failed: ${e && e.stack ? e.stack : e}`);
     reply({ ready: false, error: String(e && e.message ? e.message : e) });
@@ -306,7 +320,9 @@ async function call(page, req) {
     const value = await Promise.race([
       page.evaluate(
         ([name, a]) => {
-          const f = window.aviary[name];
+          // `evaluate`: an expression for pages that are not ours (AVIARY_PAGE_URL).
+          if (name === 'evaluate') return (0, eval)(a[0]);
+          const f = window.aviary && window.aviary[name];
           if (typeof f !== 'function') throw new Error(`no such page function: ${name}`);
           return f(...a);
         },

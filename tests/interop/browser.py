@@ -57,8 +57,11 @@ class PageError(AssertionError):
 class Page:
     """One Chromium page with livekit-client in it."""
 
-    def __init__(self, label: str, log_path: Path) -> None:
+    def __init__(self, label: str, log_path: Path, url: Optional[str] = None) -> None:
         self.label = label
+        # Another page than ours (see AVIARY_PAGE_URL in driver.mjs); drive it with
+        # call("evaluate", "<expression>").
+        self.url = url
         self.log_path = log_path
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.info: dict[str, Any] = {}
@@ -75,9 +78,13 @@ class Page:
         self._log = open(self.log_path, "ab")
         self._log.write(f"$ node {DRIVER}  ({self.label})\n".encode())
         self._log.flush()
+        env = dict(os.environ)
+        if self.url:
+            env["AVIARY_PAGE_URL"] = self.url
         self.proc = await asyncio.create_subprocess_exec(
             "node",
             str(DRIVER),
+            env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=self._log,
@@ -182,14 +189,14 @@ class Browsers:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def open(self, label: str = "page") -> Page:
+    async def open(self, label: str = "page", url: Optional[str] = None) -> Page:
         missing = missing_prerequisites()
         if missing:
             raise AssertionError(
                 "the browser tests need: " + "; ".join(missing) + ". scripts/test.sh installs "
                 "the npm packages; .ci/run installs Chromium."
             )
-        page = Page(label, self.log_dir / f"browser-{self.test_name}-{len(self.pages) + 1}-{label}.log")
+        page = Page(label, self.log_dir / f"browser-{self.test_name}-{len(self.pages) + 1}-{label}.log", url)
         self.pages.append(page)
         await page.start()
         return page

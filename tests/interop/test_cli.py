@@ -14,9 +14,13 @@ CLI_TIMEOUT = 30
 
 
 def cli(server: Server, *args: str) -> str:
-    remote = ["--url", server.ws_url, "--api-key", server.api_key, "--api-secret", server.api_secret]
+    keys = ["--api-key", server.api_key, "--api-secret", server.api_secret]
     cmd, sub, rest = args[0], args[1], list(args[2:])
-    argv = [str(server_binary()), cmd, *([sub, *remote] if cmd == "token" else [*remote, sub]), *rest]
+    # A token is only signed, so `token create` takes no --url.
+    if cmd == "token":
+        argv = [str(server_binary()), cmd, sub, *keys, *rest]
+    else:
+        argv = [str(server_binary()), cmd, "--url", server.ws_url, *keys, sub, *rest]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT)
     assert out.returncode == 0, f"{argv} failed ({out.returncode}): {out.stderr}"
     return out.stdout

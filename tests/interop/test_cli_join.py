@@ -741,3 +741,82 @@ async def test_join_refuses_a_bad_file_before_joining(
         )
         assert not joined, f"{identity} joined the room although {bad.name} is bad"
         assert await participant_identities(lk, room) == ["observer"]
+
+
+# --------------------------------------------------------------------------
+# (e) --publish-demo: no files needed
+
+
+DEMO_W, DEMO_H = 320, 240
+
+
+async def test_join_publish_demo_is_heard_and_seen(server: Server, join_command: Path) -> None:
+    """The built-in tone and moving test pattern reach an SDK subscriber; the
+    command says when it joined and what it published."""
+    room = unique("join-demo")
+    identity = "demo"
+    async with Clients(server) as clients:
+        watcher = await clients.join(room, "watcher")
+        argv = join_argv(server, room, identity, "--publish-demo", "--duration", "10s")
+        probe: Optional[AudioProbe] = None
+        video: Optional[VideoProbe] = None
+        async with JoinRun(argv) as run:
+            try:
+                events = await wait_cli_tracks(watcher, run, identity, 2)
+                audio_track, audio_pub = the_track(events, rtc.RemoteAudioTrack)
+                video_track, video_pub = the_track(events, rtc.RemoteVideoTrack)
+                assert video_pub.mime_type.lower() == "video/vp8"
+                probe = AudioProbe(audio_track, "watcher")
+                video = VideoProbe(video_track, "watcher")
+                frames, report = await asyncio.gather(
+                    video.wait_frames(30),
+                    probe.wait_for_tone(TONE_HZ, min_seconds=TONE_SECONDS, what="the demo tone"),
+                )
+                assert report.rms > 1000, f"the demo tone arrived too quiet: {report.describe()}"
+                assert len(frames) >= 20, f"{len(frames)} demo frames decoded"
+                sizes = {(w, h) for _, w, h, _ in frames}
+                assert sizes == {(DEMO_W, DEMO_H)}, sizes
+                # a moving pattern: the picture changes
+                assert len({px for _, _, _, px in frames}) > 1 or len(frames) < 2, "every frame is the same"
+            finally:
+                if probe is not None:
+                    await probe.close()
+                if video is not None:
+                    await video.close()
+            status = await run.wait(10 + EXIT_SLACK)
+        assert status == 0, run.describe()
+        joined = [line for line in run.stdout_lines if line.startswith("joined room ")]
+        assert joined and f"joined room {room} at {server.ws_url} as {identity} (PA_" in joined[0], run.describe()
+        assert sorted((mime.lower(), path) for _, mime, path in run.published()) == [
+            ("audio/opus", "demo-tone"), ("video/vp8", "demo-pattern"),
+        ], run.describe()
+
+
+async def test_join_takes_a_token_and_says_what_it_receives(server: Server, join_command: Path) -> None:
+    room = unique("join-token")
+    async with Clients(server) as clients:
+        watcher = await clients.join(room, "watcher")
+        sender = ToneSender(TONE_HZ).start()
+        try:
+            pub = await publish_track(
+                watcher, sender.track,
+                rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
+            )
+            token = server.token("by-token", room)
+            argv = [
+                str(server_binary()), "join", "--url", server.ws_url, "--token", token,
+                "--duration", "6s",
+            ]
+            async with JoinRun(argv) as run:
+                await wait_while_running(
+                    run,
+                    lambda: any(line == f"receiving {pub.sid} (opus) from watcher" for line in run.stdout_lines),
+                    timeout=TRACKS_TIMEOUT,
+                    what="`aviary join --token` to say it receives the watcher's tone",
+                )
+                assert "by-token" in watcher.room.remote_participants, "it joined as the token's identity"
+                status = await run.wait(6 + EXIT_SLACK)
+            assert status == 0, run.describe()
+            assert any(line.startswith(f"joined room {room} ") and " as by-token " in line for line in run.stdout_lines)
+        finally:
+            await sender.stop()

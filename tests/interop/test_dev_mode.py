@@ -6,14 +6,18 @@ carries 127.0.0.2, as a laptop's Wi-Fi carries its LAN address)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from browser import Browsers
-from harness import NODE_IP, Server, unique
+from browser import BROWSER_DIR, Browsers
+from harness import NODE_IP, Server, server_binary, unique, wait_until
 from test_browser import connect_page, publish_page
 
 WORKERS = os.cpu_count() or 1
@@ -73,3 +77,83 @@ async def test_a_browser_on_this_machine_gets_udp(newcomer_server: Server, brows
         # every candidate the server offered is one of its own interface addresses or loopback
         offered = {c["address"] for pc in pcs for c in pc.get("remote", [])}
         assert offered <= {NODE_IP, "127.0.0.1"}, offered
+
+
+async def test_the_try_page_sees_and_hears_a_demo_participant(
+    newcomer_server: Server, browsers: Browsers
+) -> None:
+    """The README's first steps: the server's /dev page joins with a token from
+    `aviary token create`, publishes the (fake) camera and microphone, and shows
+    `aviary join --publish-demo`: its pattern plays in a tile, its tone is heard."""
+    server = newcomer_server
+    room = unique("try")
+    page_js = (Path(__file__).parents[2] / "crates/aviary-server/src/http/dev_page.html").read_text()
+    pinned = re.search(r"livekit-client@([0-9.]+)/", page_js)
+    installed = json.loads((BROWSER_DIR / "package.json").read_text())["dependencies"]["livekit-client"]
+    assert pinned and pinned.group(1) == installed, (
+        f"the try page loads livekit-client {pinned and pinned.group(1)}, the tests install {installed}"
+    )
+    token = subprocess.run(
+        [str(server_binary()), "token", "create", "--room", room, "--identity", "me"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.strip()
+    demo = await asyncio.create_subprocess_exec(
+        str(server_binary()), "join", "--url", server.ws_url, "--room", room,
+        "--identity", "demo", "--publish-demo", "--duration", "90s",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with browsers:
+            url = f"{server.http_url}/dev?token={token}&autojoin=1"
+            page = await browsers.open("try", url=url)
+
+            async def shown() -> dict | None:
+                state = await page.call("evaluate", SHOWN_JS)
+                ok = (
+                    "1 other participant" in state["status"]
+                    and state["demoVideo"] and state["demoVideo"]["width"] == 320
+                    and state["demoVideo"]["time"] > 1.0
+                    and state["ownVideo"] and state["ownVideo"]["width"] > 0
+                    and state["audioEnergy"] > 0.0
+                    and state["framesSent"] > 0
+                )
+                return state if ok else None
+
+            try:
+                await wait_until(shown, timeout=60, interval=0.5, what="the try page to show the demo")
+            except AssertionError as e:
+                state = await page.call("evaluate", SHOWN_JS)
+                raise AssertionError(f"{e}; the page shows {state}") from None
+    finally:
+        if demo.returncode is None:
+            demo.kill()
+        await demo.wait()
+
+
+# What the try page shows: its status line, the demo participant's video (size
+# and play time), its own camera, the audio energy received, and video frames
+# sent (observe.js keeps every RTCPeerConnection in window.aviaryPeerConnections).
+SHOWN_JS = """(async () => {
+  const video = (identity) => {
+    const tile = document.querySelector(`.tile[data-identity="${identity}"]`);
+    const v = tile && tile.querySelector('video');
+    return v ? { width: v.videoWidth, time: v.currentTime } : null;
+  };
+  let audioEnergy = 0, framesSent = 0;
+  for (const pc of window.aviaryPeerConnections || []) {
+    if (pc.connectionState === 'closed') continue;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') audioEnergy += s.totalAudioEnergy || 0;
+      if (s.type === 'outbound-rtp' && s.kind === 'video') framesSent += s.framesSent || 0;
+    });
+  }
+  const me = document.querySelector('.tile[data-identity="me"]');
+  return {
+    status: document.getElementById('status').textContent,
+    demoVideo: video('demo'),
+    ownVideo: video('me'),
+    audioEnergy, framesSent,
+    tiles: Array.from(document.querySelectorAll('.tile')).map((t) => t.dataset.identity),
+    hasOwnTile: Boolean(me),
+  };
+})()"""

@@ -8,14 +8,32 @@ pub mod media;
 mod session;
 pub mod signal;
 
-pub use session::{JoinOptions, JoinSummary, Published, join};
+pub use session::{JoinOptions, JoinSummary, Published, SessionEvent, join};
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The URL could not be used.
-    #[error("bad url {0:?}")]
+    #[error(
+        "bad server URL {0:?}: expected ws://, wss://, http:// or https:// and host:port, e.g. ws://127.0.0.1:7880"
+    )]
     BadUrl(String),
+    /// Nothing answered at the URL.
+    #[error("cannot reach {url}: {reason}; is the server running there?")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// The system's reason.
+        reason: String,
+    },
+    /// The server answered the WebSocket upgrade with an HTTP error.
+    #[error("the server refused the connection: {status} {reason}{}", refusal_hint(*.status))]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's reason (the response body).
+        reason: String,
+    },
     /// The WebSocket failed.
     #[error("signaling: {0}")]
     Signal(String),
@@ -28,4 +46,21 @@ pub enum ClientError {
     /// WebRTC failed.
     #[error("webrtc: {0}")]
     Rtc(String),
+    /// No simulated participant of a kind could connect (load test).
+    #[error("no {who} could connect; the first error was {first_error}")]
+    NoneConnected {
+        /// "publisher" or "subscriber".
+        who: &'static str,
+        /// The first error any participant ended with.
+        first_error: String,
+    },
+}
+
+/// What to check after the server refused a join with `status`.
+fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        401 => " (check the API key and secret, or the token)",
+        403 => " (the token does not allow joining this room)",
+        _ => "",
+    }
 }

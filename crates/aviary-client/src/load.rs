@@ -138,6 +138,31 @@ pub struct Progress {
     pub bytes_received: AtomicU64,
     /// 0 joining, 1 warm-up, 2 measuring, 3 draining (in-flight packets), 4 leaving.
     pub phase: AtomicUsize,
+    /// The first error any simulated participant ended with, naming it.
+    pub first_error: std::sync::OnceLock<String>,
+    /// Publishers and subscribers that ended with an error.
+    pub publishers_failed: AtomicUsize,
+    /// See `publishers_failed`.
+    pub subscribers_failed: AtomicUsize,
+}
+
+impl Progress {
+    fn failed(&self, identity: &str, e: &ClientError, publisher: bool) {
+        let _ = self.first_error.set(format!("{identity}: {e}"));
+        let count = if publisher {
+            &self.publishers_failed
+        } else {
+            &self.subscribers_failed
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn first_error(&self) -> String {
+        self.first_error
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "no error was reported".into())
+    }
 }
 
 struct Shared {
@@ -254,24 +279,53 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
             MediaKind::Audio
         };
         let (o, s) = (options.clone(), shared.clone());
-        tasks.spawn(async move { publisher(t, kind, o, s).await });
+        tasks.spawn(async move {
+            let r = publisher(t, kind, o, s.clone()).await;
+            if let Err(e) = &r {
+                s.progress.failed(&format!("load-pub-{t}"), e, true);
+            }
+            r
+        });
     }
     let published_by = Instant::now() + Duration::from_secs(20);
     while shared.publishers_connected.load(Ordering::Relaxed) < tracks
         && Instant::now() < published_by
     {
+        if tracks > 0 && progress.publishers_failed.load(Ordering::Relaxed) == tracks {
+            shared.stop.store(true, Ordering::Release);
+            return Err(ClientError::NoneConnected {
+                who: "publisher",
+                first_error: progress.first_error(),
+            });
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gate = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
     for i in 0..options.subscribers {
         let (o, s, g) = (options.clone(), shared.clone(), gate.clone());
-        tasks.spawn(async move { subscriber(i, o, s, g).await });
+        tasks.spawn(async move {
+            let r = subscriber(i, o, s.clone(), g).await;
+            if let Err(e) = &r {
+                s.progress.failed(&format!("load-sub-{i}"), e, false);
+            }
+            r
+        });
     }
     let joined_by = Instant::now() + Duration::from_secs(30 + options.subscribers as u64 / 20);
     while progress.subscribers_connected.load(Ordering::Relaxed) < options.subscribers
         && Instant::now() < joined_by
     {
+        if progress.subscribers_failed.load(Ordering::Relaxed) == options.subscribers {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if options.subscribers > 0 && progress.subscribers_connected.load(Ordering::Relaxed) == 0 {
+        shared.stop.store(true, Ordering::Release);
+        return Err(ClientError::NoneConnected {
+            who: "subscriber",
+            first_error: progress.first_error(),
+        });
     }
     progress.phase.store(1, Ordering::Relaxed);
     let warm_until = Instant::now() + WARMUP_LIMIT;

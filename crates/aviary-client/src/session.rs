@@ -53,6 +53,31 @@ pub struct Published {
     pub path: PathBuf,
 }
 
+/// Something the session did or saw, reported as it happens.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// The server accepted the join.
+    Joined {
+        /// Room name.
+        room: String,
+        /// Our identity.
+        identity: String,
+        /// Our participant sid.
+        sid: String,
+    },
+    /// A track of ours was published.
+    Published(Published),
+    /// The first media of a subscribed track arrived.
+    Receiving {
+        /// Whose track.
+        identity: String,
+        /// Its sid.
+        track_sid: String,
+        /// Its MIME type.
+        mime: String,
+    },
+}
+
 /// What a session did.
 #[derive(Debug, Default)]
 pub struct JoinSummary {
@@ -191,22 +216,11 @@ fn new_rtc(local: SocketAddr, codecs: Option<&[FileCodec]>) -> Result<Rtc, Clien
 /// Joins, publishes and records for `options.duration`, then leaves.
 pub async fn join(
     options: JoinOptions,
-    mut on_published: impl FnMut(&Published),
+    mut on_event: impl FnMut(&SessionEvent),
 ) -> Result<JoinSummary, ClientError> {
     let base = ws_base(&options.url)?;
     let (host, port) = host_port(&base)?;
-    let url = format!(
-        "{base}/rtc?access_token={}&protocol=16&sdk=aviary&version={}&auto_subscribe=1",
-        options.token,
-        env!("CARGO_PKG_VERSION")
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        url.as_str(),
-        Some(crate::signal::ws_config()),
-        true,
-    )
-    .await
-    .map_err(|e| ClientError::Signal(e.to_string()))?;
+    let mut ws = crate::signal::open(&options.url, &options.token).await?;
 
     // Our address toward the server: a connected UDP socket learns the route's source
     // address without sending anything.
@@ -246,6 +260,7 @@ pub async fn join(
     let mut summary = JoinSummary::default();
     let mut identities: HashMap<String, String> = HashMap::new();
     let mut recordings: HashMap<Mid, Recording> = HashMap::new();
+    let mut receiving: std::collections::HashSet<Mid> = std::collections::HashSet::new();
     let mut pending_offer: Option<SdpPendingOffer> = None;
     let mut awaiting_published = senders.len();
     let mut publisher_offered = false;
@@ -330,6 +345,13 @@ pub async fn join(
                 match resp.message {
                     Some(Resp::Join(j)) => {
                         joined = true;
+                        if let Some(me) = &j.participant {
+                            on_event(&SessionEvent::Joined {
+                                room: j.room.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+                                identity: me.identity.clone(),
+                                sid: me.sid.clone(),
+                            });
+                        }
                         for p in j.other_participants {
                             identities.insert(p.sid.clone(), p.identity.clone());
                         }
@@ -376,7 +398,7 @@ pub async fn join(
                     Some(Resp::TrackPublished(tp)) => {
                         if let (Some(s), Some(track)) = (senders.iter().find(|s| s.cid == tp.cid), tp.track) {
                             let p = Published { sid: track.sid, mime: s.file.codec.mime(), path: s.path.clone() };
-                            on_published(&p);
+                            on_event(&SessionEvent::Published(p.clone()));
                             summary.published.push(p);
                             awaiting_published = awaiting_published.saturating_sub(1);
                         }
@@ -448,6 +470,16 @@ pub async fn join(
                     info!("publisher connected");
                 }
                 Event::MediaData(md) => {
+                    if receiving.insert(md.mid)
+                        && let Some((identity, track_sid)) =
+                            track_of(&subscriber, md.mid, &identities)
+                    {
+                        on_event(&SessionEvent::Receiving {
+                            identity,
+                            track_sid,
+                            mime: format!("{}", md.params.spec().codec),
+                        });
+                    }
                     let Some(dir) = &options.record_dir else {
                         continue;
                     };
@@ -496,16 +528,14 @@ pub async fn join(
     Ok(summary)
 }
 
-/// Opens the file for a newly received track, named `<identity>-<track sid>.<ext>`.
-fn start_recording(
+/// Whose track (identity) and which (track sid) a subscriber m-line carries, from its msid
+/// `PA_sid|TR_sid`.
+fn track_of(
     subscriber: &Rtc,
-    md: &str0m::media::MediaData,
+    mid: Mid,
     identities: &HashMap<String, String>,
-    dir: &std::path::Path,
-) -> Result<Option<Recording>, ClientError> {
-    let Some(media) = subscriber.media(md.mid) else {
-        return Ok(None);
-    };
+) -> Option<(String, String)> {
+    let media = subscriber.media(mid)?;
     let (pa, tr) = media
         .stream_id()
         .split_once('|')
@@ -514,6 +544,19 @@ fn start_recording(
         .get(pa)
         .cloned()
         .unwrap_or_else(|| pa.to_string());
+    Some((who, tr.to_string()))
+}
+
+/// Opens the file for a newly received track, named `<identity>-<track sid>.<ext>`.
+fn start_recording(
+    subscriber: &Rtc,
+    md: &str0m::media::MediaData,
+    identities: &HashMap<String, String>,
+    dir: &std::path::Path,
+) -> Result<Option<Recording>, ClientError> {
+    let Some((who, tr)) = track_of(subscriber, md.mid, identities) else {
+        return Ok(None);
+    };
     let codec = md.params.spec().codec;
     let ext = match codec {
         Codec::Opus => "ogg",

@@ -40,19 +40,48 @@ pub fn ws_base(url: &str) -> Result<String, ClientError> {
     }
 }
 
+/// Opens `<url>/rtc` with `token`. A refusal comes back with the server's reason (the body
+/// of its HTTP answer), an unreachable server with the system's.
+pub async fn open(
+    url: &str,
+    token: &str,
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ClientError> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let base = ws_base(url)?;
+    let rtc = format!(
+        "{base}/rtc?access_token={token}&protocol=16&sdk=aviary&version={}&auto_subscribe=1",
+        env!("CARGO_PKG_VERSION")
+    );
+    match tokio_tungstenite::connect_async_with_config(rtc.as_str(), Some(ws_config()), true).await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => {
+            let status = response.status();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .filter(|b| !b.is_empty());
+            Err(ClientError::Refused {
+                status: status.as_u16(),
+                reason: body.unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string()),
+            })
+        }
+        Err(WsError::Io(e)) => Err(ClientError::Unreachable {
+            url: base,
+            reason: e.to_string(),
+        }),
+        Err(WsError::Url(_)) => Err(ClientError::BadUrl(url.to_string())),
+        Err(e) => Err(ClientError::Signal(e.to_string())),
+    }
+}
+
 impl Signal {
     /// Connects to `<url>/rtc` with `token`.
     pub async fn connect(url: &str, token: &str) -> Result<Self, ClientError> {
-        let url = format!(
-            "{}/rtc?access_token={token}&protocol=16&sdk=aviary&version={}&auto_subscribe=1",
-            ws_base(url)?,
-            env!("CARGO_PKG_VERSION")
-        );
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true)
-                .await
-                .map_err(|e| ClientError::Signal(e.to_string()))?;
-        Ok(Self { ws })
+        Ok(Self {
+            ws: open(url, token).await?,
+        })
     }
 
     /// Sends one request.

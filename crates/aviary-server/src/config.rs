@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `aviary serve` can be told, already merged (file, then env, then flags).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     /// HTTP/WebSocket port.
@@ -63,7 +63,7 @@ impl Default for Config {
 }
 
 /// `rtc:` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RtcConfig {
     /// First UDP port; worker N uses `udp_port + N`.
@@ -94,7 +94,7 @@ impl Default for RtcConfig {
 }
 
 /// `room:` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RoomConfig {
     /// Create rooms when a client joins one that does not exist.
@@ -126,7 +126,7 @@ impl Default for RoomConfig {
 }
 
 /// One entry of `room.enabled_codecs`.
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct CodecSpec {
     /// e.g. `video/vp8`.
@@ -136,7 +136,7 @@ pub struct CodecSpec {
 }
 
 /// `webhook:` section.
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct WebhookConfig {
     /// Key used to sign webhook requests.
@@ -146,7 +146,7 @@ pub struct WebhookConfig {
 }
 
 /// `prometheus:` section.
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct PrometheusConfig {
     /// Port of the metrics endpoint.
@@ -154,7 +154,7 @@ pub struct PrometheusConfig {
 }
 
 /// `logging:` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LoggingConfig {
     /// trace, debug, info, warn, error.
@@ -176,7 +176,7 @@ impl Default for LoggingConfig {
 }
 
 /// `limit:` section (0 = unlimited). The defaults are upstream's.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LimitConfig {
     /// Tracks this node may carry, published plus subscribed (upstream's node capacity);
@@ -218,7 +218,7 @@ impl Default for LimitConfig {
 }
 
 /// `redis:` section.
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct RedisConfig {
     /// host:port.
@@ -318,6 +318,51 @@ impl Loaded {
             .map(|(k, _)| k.as_str())
             .collect()
     }
+}
+
+/// The known key an unknown one most likely meant: the same name in another section (say
+/// `udp_port` for `rtc.udp_port`), or a key a typo or two away. `None` when nothing is close.
+pub fn likely_key(unknown: &str) -> Option<String> {
+    let known = known_keys();
+    let leaf = unknown.rsplit('.').next().unwrap_or(unknown);
+    if let Some(k) = known
+        .iter()
+        .find(|k| k.as_str() != unknown && k.rsplit('.').next() == Some(leaf))
+    {
+        return Some(k.clone());
+    }
+    known
+        .into_iter()
+        .map(|k| (strsim::levenshtein(unknown, &k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 5))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Every key the config reads, as dotted paths (from the defaults, so never out of date).
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let Some(k) = k.as_str() else { continue };
+                    let path = if prefix.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            _ if !prefix.is_empty() => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_yaml::to_value(Config::default()) {
+        walk("", &v, &mut out);
+    }
+    out
 }
 
 /// Parses YAML into a config, collecting unknown keys instead of failing on them.
@@ -497,6 +542,21 @@ mod tests {
         assert!(l.config.room.auto_create);
         assert_eq!(l.config.rtc.udp_port, Some(9100));
         assert!(l.unknown_keys.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_come_with_the_likely_one() {
+        assert_eq!(likely_key("portt").as_deref(), Some("port"));
+        assert_eq!(
+            likely_key("room.auto_creat").as_deref(),
+            Some("room.auto_create")
+        );
+        assert_eq!(likely_key("udp_port").as_deref(), Some("rtc.udp_port"));
+        assert_eq!(
+            likely_key("limits.num_tracks").as_deref(),
+            Some("limit.num_tracks")
+        );
+        assert_eq!(likely_key("completely_unrelated_thing"), None);
     }
 
     #[test]

@@ -114,7 +114,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         links: signal::Links::default(),
     };
     let links = state.links.clone();
-    let app = http::app(state);
+    let mut app = http::app(state);
+    if config.development {
+        app = app.merge(http::dev_page::routes());
+    }
 
     let binds: Vec<String> = if config.bind_addresses.is_empty() {
         vec!["0.0.0.0".into()]

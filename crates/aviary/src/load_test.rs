@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use aviary_client::load::{self, LoadOptions, LoadReport, Progress, Target};
 use clap::Args;
-use livekit_api::access_token::{AccessToken, VideoGrants};
 
 use crate::remote::Remote;
 
@@ -121,22 +120,10 @@ fn report_table(r: &LoadReport) -> String {
 /// Runs `load-test`.
 pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     crate::raise_fd_limit();
-    let (key, secret, room) = (
-        args.remote.api_key.clone(),
-        args.remote.api_secret.clone(),
-        args.room.clone(),
-    );
-    let token = Arc::new(move |identity: &str| {
-        AccessToken::with_api_key(&key, &secret)
-            .with_identity(identity)
-            .with_grants(VideoGrants {
-                room_join: true,
-                room: room.clone(),
-                ..Default::default()
-            })
-            .to_jwt()
-            .unwrap_or_default()
-    });
+    let (credentials, room) = (args.remote.credentials.clone(), args.room.clone());
+    // Signing cannot fail with a key and secret in hand; an empty token would be refused.
+    let token =
+        Arc::new(move |identity: &str| credentials.join_token(&room, identity).unwrap_or_default());
     let target = if args.janus {
         Target::Janus {
             url: args.remote.url.clone(),
@@ -174,9 +161,16 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             let mut shown = usize::MAX;
             let mut ticks = 0u64;
             let mut joined_at = None;
+            let mut error_shown = false;
             loop {
                 tick.tick().await;
                 ticks += 1;
+                if !error_shown && let Some(e) = progress.first_error.get() {
+                    // At once, not after the run: a wrong key or a server that is not there
+                    // shows here within a second.
+                    error_shown = true;
+                    eprintln!("\nfirst error: {e}");
+                }
                 let index = progress.phase.load(Ordering::Relaxed).min(4);
                 let phase = ["joining", "warm-up", "measuring", "draining", "leaving"][index];
                 if index != shown {
@@ -206,10 +200,9 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    let report = runtime
-        .block_on(load::run(options, progress))
-        .context("load test")?;
+    let result = runtime.block_on(load::run(options, progress));
     watcher.abort();
+    let report = result.context("load test")?;
     eprintln!("\nphase: done");
     if show {
         eprintln!();

@@ -1,5 +1,6 @@
 //! `aviary`: the LiveKit-compatible SFU and its command-line tools.
 
+mod errors;
 mod join;
 mod load_test;
 mod remote;
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("aviary: {e:#}");
+            eprintln!("aviary: {}", errors::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use livekit_api::services::room::{CreateRoomOptions, RoomClient};
 use livekit_protocol as proto;
 
+use crate::errors::service_error;
 use crate::remote::Remote;
 
 /// `room` flags.
@@ -133,11 +134,14 @@ pub fn run(args: RoomArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_async(args: RoomArgs) -> anyhow::Result<ExitCode> {
-    let client = RoomClient::with_api_key(
-        &args.remote.http_url(),
-        &args.remote.api_key,
-        &args.remote.api_secret,
-    );
+    let url = args.remote.http_url()?;
+    let creds = &args.remote.credentials;
+    let client = RoomClient::with_api_key(&url, &creds.api_key, &creds.api_secret);
+    let failed = |call: &str| {
+        let url = url.clone();
+        let call = call.to_string();
+        move |e| service_error(&call, &url, e)
+    };
     let json = args.json;
     match args.command {
         RoomCommand::Create {
@@ -157,15 +161,21 @@ async fn run_async(args: RoomArgs) -> anyhow::Result<ExitCode> {
             let room = client
                 .create_room(&name, options)
                 .await
-                .context("CreateRoom")?;
+                .map_err(failed("CreateRoom"))?;
             print(json, &room, || rooms_table(std::slice::from_ref(&room)))?;
         }
         RoomCommand::List => {
-            let rooms = client.list_rooms(Vec::new()).await.context("ListRooms")?;
+            let rooms = client
+                .list_rooms(Vec::new())
+                .await
+                .map_err(failed("ListRooms"))?;
             print(json, &rooms, || rooms_table(&rooms))?;
         }
         RoomCommand::Delete { name } => {
-            client.delete_room(&name).await.context("DeleteRoom")?;
+            client
+                .delete_room(&name)
+                .await
+                .map_err(failed("DeleteRoom"))?;
             print(json, &serde_json::json!({ "deleted": name }), || {
                 format!("deleted room {name}")
             })?;
@@ -174,7 +184,7 @@ async fn run_async(args: RoomArgs) -> anyhow::Result<ExitCode> {
             let participants = client
                 .list_participants(&name)
                 .await
-                .context("ListParticipants")?;
+                .map_err(failed("ListParticipants"))?;
             print(json, &participants, || {
                 table(
                     &["IDENTITY", "SID", "NAME", "STATE", "TRACKS", "METADATA"],
@@ -201,7 +211,7 @@ async fn run_async(args: RoomArgs) -> anyhow::Result<ExitCode> {
             let room = client
                 .update_room_metadata(&name, &metadata)
                 .await
-                .context("UpdateRoomMetadata")?;
+                .map_err(failed("UpdateRoomMetadata"))?;
             print(json, &room, || rooms_table(std::slice::from_ref(&room)))?;
         }
     }

@@ -98,7 +98,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     init_logging(&loaded.config.logging.level, loaded.config.logging.json);
     for key in &loaded.unknown_keys {
-        tracing::warn!(key, "unknown config key ignored");
+        match config::likely_key(key) {
+            Some(likely) => {
+                tracing::warn!(key, "unknown config key ignored; did you mean {likely}?")
+            }
+            None => tracing::warn!(key, "unknown config key ignored"),
+        }
     }
     for key in loaded.short_secrets() {
         tracing::error!(

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 
-use crate::remote::Remote;
+use crate::remote::Credentials;
 
 /// Token subcommands.
 #[derive(Subcommand)]
@@ -20,13 +20,13 @@ pub enum TokenCommand {
 #[derive(Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    remote: Remote,
-    /// Participant identity.
+    credentials: Credentials,
+    /// Participant identity (needed to join).
     #[arg(long)]
-    identity: String,
-    /// Room name.
+    identity: Option<String>,
+    /// Room name (needed to join or administer a room).
     #[arg(long)]
-    room: String,
+    room: Option<String>,
     /// Display name.
     #[arg(long)]
     name: Option<String>,
@@ -70,7 +70,7 @@ fn grants(a: &CreateArgs) -> VideoGrants {
         room_admin: a.admin,
         room_list: a.list,
         room_create: a.create,
-        room: a.room.clone(),
+        room: a.room.clone().unwrap_or_default(),
         can_publish: a.can_publish,
         can_subscribe: a.can_subscribe,
         can_publish_data: a.can_publish_data,
@@ -82,9 +82,19 @@ fn grants(a: &CreateArgs) -> VideoGrants {
 /// Runs a token subcommand.
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     let TokenCommand::Create(a) = cmd;
-    let mut token = AccessToken::with_api_key(&a.remote.api_key, &a.remote.api_secret)
-        .with_identity(&a.identity)
-        .with_grants(grants(&a))
+    let g = grants(&a);
+    if (g.room_join || g.room_admin) && a.room.is_none() {
+        eprintln!("aviary: a token to join or administer a room needs --room");
+        return Ok(ExitCode::from(2));
+    }
+    if g.room_join && a.identity.is_none() {
+        eprintln!("aviary: a token to join needs --identity");
+        return Ok(ExitCode::from(2));
+    }
+    let creds = &a.credentials;
+    let mut token = AccessToken::with_api_key(&creds.api_key, &creds.api_secret)
+        .with_identity(a.identity.as_deref().unwrap_or_default())
+        .with_grants(g)
         .with_ttl(a.valid_for);
     if let Some(name) = &a.name {
         token = token.with_name(name);

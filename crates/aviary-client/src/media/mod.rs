@@ -90,21 +90,26 @@ pub fn read_file(path: &Path) -> Result<MediaFile, ReadError> {
         path: name.clone(),
         source,
     })?;
-    let format = |reason: String| ReadError::Format {
-        path: name.clone(),
-        reason,
-    };
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    parse(&name, &data, &ext)
+}
+
+/// Parses media read from `name` (for messages) with extension `ext` (lowercase).
+pub fn parse(name: &str, data: &[u8], ext: &str) -> Result<MediaFile, ReadError> {
+    let format = |reason: String| ReadError::Format {
+        path: name.to_string(),
+        reason,
+    };
     let file = if data.starts_with(b"DKIF") {
-        ivf::parse(&data).map_err(format)?
+        ivf::parse(data).map_err(format)?
     } else if data.starts_with(b"OggS") {
-        ogg::parse_opus(&data).map_err(format)?
+        ogg::parse_opus(data).map_err(format)?
     } else if ext == "h264" || ext == "264" {
-        h264::parse(&data).map_err(format)?
+        h264::parse(data).map_err(format)?
     } else {
         return Err(format(
             "unsupported file: expected IVF (VP8, VP9, AV1), Ogg Opus or H.264 Annex-B (.h264)"
@@ -115,4 +120,38 @@ pub fn read_file(path: &Path) -> Result<MediaFile, ReadError> {
         return Err(format("no frames".into()));
     }
     Ok(file)
+}
+
+/// The demo media `aviary join --publish-demo` publishes, built into the binary
+/// (`scripts/make-demo-media.sh` makes it): a 440 Hz tone and a moving test pattern, each
+/// named for its track.
+pub fn demo() -> Result<Vec<(std::path::PathBuf, MediaFile)>, ReadError> {
+    const TONE: &[u8] = include_bytes!("../../assets/demo-tone.ogg");
+    const PATTERN: &[u8] = include_bytes!("../../assets/demo-pattern.ivf");
+    Ok(vec![
+        ("demo-tone".into(), parse("demo-tone", TONE, "ogg")?),
+        (
+            "demo-pattern".into(),
+            parse("demo-pattern", PATTERN, "ivf")?,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod demo_tests {
+    #[test]
+    fn the_demo_media_parses_and_loops_in_seconds() {
+        let demo = super::demo().expect("built-in demo media");
+        assert_eq!(demo.len(), 2);
+        for (name, file) in &demo {
+            let total: std::time::Duration = file.frames.iter().map(|f| f.duration).sum();
+            assert!(
+                (3.5..=4.5).contains(&total.as_secs_f64()),
+                "{} lasts {total:?}",
+                name.display()
+            );
+        }
+        assert!(demo[0].1.codec.is_audio());
+        assert_eq!(demo[1].1.size, Some((320, 240)));
+    }
 }

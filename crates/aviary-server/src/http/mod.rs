@@ -1,5 +1,6 @@
 //! The HTTP surface: health check, `/rtc` signaling and the Twirp RoomService.
 
+pub mod dev_page;
 mod rtc;
 pub mod serve;
 mod twirp;
