@@ -20,7 +20,8 @@ from browser import BROWSER_DIR, Browsers
 from harness import NODE_IP, Server, server_binary, unique, wait_until
 from test_browser import connect_page, publish_page
 
-WORKERS = os.cpu_count() or 1
+# As the server counts them (available_parallelism honours the CPU affinity mask).
+WORKERS = len(os.sched_getaffinity(0)) or 1
 
 
 @pytest.fixture
