@@ -231,14 +231,21 @@ async def test_a_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
             http, server, room, "talker", token_with(server, "talker", room, can_update_own_metadata=True)
         )
 
+        echoed = asyncio.Queue[None]()
+
         async def drain() -> None:
-            while (await talker.receive()).type == aiohttp.WSMsgType.BINARY:
-                pass
+            while (msg := await talker.receive()).type == aiohttp.WSMsgType.BINARY:
+                resp = sig.SignalResponse()
+                resp.ParseFromString(msg.data)
+                if resp.WhichOneof("message") == "update":
+                    echoed.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(drain())
-        # Every update is broadcast to the lazy one: 60 KB each, 300 of them (~18 MB).
+        # Every update is broadcast to the lazy one: 60 KB each, 300 of them (~18 MB). The
+        # talker takes its own echo before sending the next, so that it is never the slow one.
         for i in range(300):
             await send(talker, update_metadata=sig.UpdateParticipantMetadata(metadata=f"{i:05d}" * 12_000))
+            await asyncio.wait_for(echoed.get(), 10)
         # The server gives up on the lazy socket: its link closes; its session stays for a
         # resume, and, never connected, ends (it has no media).
         async def gone() -> bool:
