@@ -152,6 +152,7 @@ fn router() -> Router {
         RouterConfig {
             dtls_cert: Some(cert()),
             candidates: vec![(server, Protocol::Udp)],
+            data_channels: crate::worker::livekit_data_channels(),
         },
         Instant::now(),
     )

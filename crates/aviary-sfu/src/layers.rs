@@ -14,7 +14,11 @@ use str0m::format::{
 use str0m::media::Rid;
 use str0m::rtp::{Vp8Descriptor, Vp8Patch};
 
-use crate::producer::KEYFRAME_THROTTLE;
+use crate::rate::RateMeter;
+
+/// Shortest interval between two keyframe requests sent to the same publisher for a layer;
+/// requests in between are folded into one sent when the interval is up.
+pub(crate) const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 
 /// A layer that sent nothing for this long is taken as stopped (the publisher's encoder
 /// drops layers when its bandwidth estimate falls, and brings them back later).
@@ -35,6 +39,8 @@ pub(crate) struct Layer {
     pub(crate) last_keyframe_request: Option<Instant>,
     /// A keyframe request arrived during the throttle interval and is owed.
     pub(crate) keyframe_owed: bool,
+    /// What the layer carries, in bits per second.
+    pub(crate) rate: RateMeter,
 }
 
 impl Layer {
@@ -44,7 +50,22 @@ impl Layer {
             last_packet: None,
             last_keyframe_request: None,
             keyframe_owed: false,
+            rate: RateMeter::default(),
         }
+    }
+
+    /// Whether a keyframe request may be sent now; otherwise it is remembered as owed.
+    pub(crate) fn take_keyframe_slot(&mut self, now: Instant) -> bool {
+        let free = self
+            .last_keyframe_request
+            .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_THROTTLE);
+        if free {
+            self.last_keyframe_request = Some(now);
+            self.keyframe_owed = false;
+        } else {
+            self.keyframe_owed = true;
+        }
+        free
     }
 
     /// When the request owed for this layer may go out, if one is owed.

@@ -26,17 +26,24 @@ mod error;
 mod ids;
 mod layers;
 mod loudness;
+mod output;
 mod producer;
+mod rate;
 mod rewrite;
 mod router;
+mod selector;
 mod transport;
 
-pub use consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
+pub use consumer::{Consumer, ConsumerOptions};
 pub use error::{ConsumeError, NegotiateError, SendDataError, TransportError};
 pub use ids::{ConsumerId, ProducerId, TransportId};
+pub use output::{
+    CloseReason, ConsumerCloseReason, DataChannelLabels, DataKind, Event, Output, RouterStats,
+};
 pub use producer::Producer;
-pub use router::{Event, Output, Router, RouterConfig, RouterStats};
-pub use transport::{CloseReason, DataKind, Transport, TransportDirection, TransportOptions};
+pub use router::{Router, RouterConfig};
+pub use selector::Allowed;
+pub use transport::{Transport, TransportDirection, TransportOptions};
 
 /// str0m's media types that appear in this crate's API.
 pub use str0m::media::{MediaKind, Mid, Rid};

@@ -1,17 +1,48 @@
 //! A producer: one media stream a client publishes (one m-line of a publisher transport).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use str0m::format::{Codec, CodecSpec};
 use str0m::media::{MediaKind, Mid, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, Vp8Descriptor};
 
-use crate::layers::{Layer, MAX_LAYERS, sort_layers};
+use crate::layers::{Layer, MAX_LAYERS, sort_layers, starts_keyframe, vp8_long_picture_id};
 use crate::loudness::Loudness;
 
 use crate::{ConsumerId, ProducerId, TransportId};
 
-/// Shortest interval between two keyframe requests sent to the same publisher; requests in
-/// between are folded into one sent when the interval is up.
-pub(crate) const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// Bytes an RTP packet carries besides its payload (header and the usual extensions),
+/// counted in a layer's bitrate.
+const RTP_OVERHEAD: usize = 28;
+
+/// What is known of one incoming packet, worked out once for every consumer.
+pub(crate) struct Incoming<'a> {
+    /// Its layer (an index into the producer's layers).
+    pub(crate) layer: usize,
+    /// A new layer appeared and the indexes moved: consumers start again at a keyframe.
+    pub(crate) layers_moved: bool,
+    /// The codec, and whether the packet is its RFC 2198 RED wrapping.
+    pub(crate) spec: Option<(CodecSpec, bool)>,
+    /// The VP8 descriptor of a simulcast packet and whether its picture id is 15 bits.
+    pub(crate) vp8: Option<(Vp8Descriptor, bool)>,
+    /// The header extensions passed on to subscribers.
+    pub(crate) ext: ExtensionValues,
+    pub(crate) simulcast: bool,
+    payload: &'a [u8],
+    keyframe: Option<bool>,
+}
+
+impl Incoming<'_> {
+    /// Whether the packet starts a keyframe (looked into once, on first asking).
+    pub(crate) fn is_keyframe(&mut self) -> bool {
+        let (payload, spec, vp8) = (self.payload, self.spec, &self.vp8);
+        *self.keyframe.get_or_insert_with(|| {
+            spec.is_some_and(|(s, _)| {
+                starts_keyframe(s.codec, payload, vp8.as_ref().map(|(d, _)| d))
+            })
+        })
+    }
+}
 
 /// One published stream.
 #[derive(Debug)]
@@ -66,6 +97,61 @@ impl Producer {
         self.layers.iter().filter_map(|l| l.rid).collect()
     }
 
+    /// Takes in one packet of the stream with `rid`: counts it, tracks its layer's activity
+    /// and bitrate and the audio level, and works out what consumers need. `None` for a
+    /// stream that belongs to no layer (nobody gets it).
+    pub(crate) fn receive<'a>(
+        &mut self,
+        rid: Option<Rid>,
+        spec: Option<(CodecSpec, bool)>,
+        packet: &'a RtpPacket,
+        now: Instant,
+    ) -> Option<Incoming<'a>> {
+        self.packets += 1;
+        let (layer, layers_moved) = self.layer_index(rid)?;
+        if let Some(level) = packet.header.ext_vals.audio_level {
+            self.loudness.observe(level, now);
+        }
+        if let Some(l) = self.layers.get_mut(layer) {
+            // Padding alone (a paused layer probing bandwidth) does not make a layer active.
+            if !packet.payload.is_empty() {
+                l.last_packet = Some(now);
+            }
+            l.rate.add(packet.payload.len() + RTP_OVERHEAD, now);
+        }
+        let simulcast = self.is_simulcast();
+        // Simulcast VP8 is renumbered at switches, which needs its descriptor.
+        let vp8 = match spec {
+            Some((s, _)) if simulcast && s.codec == Codec::Vp8 => {
+                Vp8Descriptor::parse(&packet.payload)
+                    .ok()
+                    .map(|d| (d, vp8_long_picture_id(&packet.payload)))
+            }
+            _ => None,
+        };
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        Some(Incoming {
+            layer,
+            layers_moved,
+            spec,
+            vp8,
+            ext,
+            simulcast,
+            payload: &packet.payload,
+            keyframe: None,
+        })
+    }
+
+    /// Bits per second each layer carries now, lowest layer first.
+    pub fn layer_bitrates(&self, now: Instant) -> Vec<u64> {
+        self.layers.iter().map(|l| l.rate.bps(now)).collect()
+    }
+
     pub(crate) fn is_simulcast(&self) -> bool {
         self.layers.first().is_some_and(|l| l.rid.is_some())
     }
@@ -99,19 +185,9 @@ impl Producer {
 
     /// Whether a request for `layer` may be sent now; otherwise it is remembered as owed.
     pub(crate) fn take_keyframe_slot(&mut self, layer: usize, now: Instant) -> bool {
-        let Some(l) = self.layers.get_mut(layer) else {
-            return false;
-        };
-        let free = l
-            .last_keyframe_request
-            .is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_THROTTLE);
-        if free {
-            l.last_keyframe_request = Some(now);
-            l.keyframe_owed = false;
-        } else {
-            l.keyframe_owed = true;
-        }
-        free
+        self.layers
+            .get_mut(layer)
+            .is_some_and(|l| l.take_keyframe_slot(now))
     }
 
     /// Layers whose owed request is due at `now`.

@@ -11,22 +11,21 @@ use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rids};
-use str0m::net::{Protocol, Receive, TcpType, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
+use str0m::net::{Protocol, Receive, TcpType};
+use str0m::rtp::RtpPacket;
 use str0m::{Candidate, IceCreds, Input, Rtc};
-use tracing::{debug, trace};
+use tracing::debug;
 
-use crate::consumer::{Consumer, ConsumerCloseReason, ConsumerOptions};
+use crate::consumer::{Consumer, ConsumerOptions};
 use crate::error::ConsumeError;
-use crate::layers::{
-    Layer, Vp8Munger, sort_layers, starts_keyframe, target_layer, vp8_long_picture_id,
-};
+use crate::layers::{Layer, Vp8Munger, sort_layers, target_layer};
 use crate::loudness::Loudness;
+use crate::output::{ConsumerCloseReason, DataChannelLabels, DataKind, Event, Output, RouterStats};
 use crate::producer::Producer;
 use crate::rewrite::Rewriter;
+use crate::selector::LayerSelector;
 use crate::transport::{
-    CloseReason, DataKind, Internal, Numbering, Reused, Sink, Transport, TransportDirection,
-    TransportOptions,
+    Internal, Numbering, Reused, Sink, Transport, TransportDirection, TransportOptions,
 };
 use crate::{
     ConsumerId, DtlsCert, NegotiateError, ProducerId, SendDataError, TransportError, TransportId,
@@ -39,128 +38,13 @@ pub struct RouterConfig {
     pub dtls_cert: Option<DtlsCert>,
     /// The local addresses (and protocols) offered as host candidates.
     pub candidates: Vec<(SocketAddr, Protocol)>,
-}
-
-/// What the router asks of its owner.
-#[derive(Debug)]
-pub enum Output {
-    /// Send this datagram.
-    Transmit(Transmit),
-    /// Something happened.
-    Event(Event),
-    /// Nothing more to do until this instant (or the next input).
-    Timeout(Instant),
-}
-
-/// Things that happened inside the router.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Event {
-    /// ICE and DTLS are up on this transport (again, after [`Event::TransportDisconnected`]).
-    TransportConnected {
-        /// Which transport.
-        transport: TransportId,
-    },
-    /// ICE lost the client (no connectivity checks for a while). The transport stays: the
-    /// client may restart ICE and come back ([`Event::TransportConnected`] again); how long
-    /// to wait is the owner's decision.
-    TransportDisconnected {
-        /// Which transport.
-        transport: TransportId,
-    },
-    /// The transport is gone and its id is no longer valid.
-    TransportClosed {
-        /// Which transport.
-        transport: TransportId,
-        /// Why.
-        reason: CloseReason,
-    },
-    /// The server has an offer for a subscriber transport; send it to the client.
-    OfferReady {
-        /// Which transport.
-        transport: TransportId,
-        /// The offer's SDP.
-        sdp: String,
-        /// It restarts ICE (new credentials; see [`Router::restart_ice`]).
-        ice_restart: bool,
-    },
-    /// A LiveKit data channel opened.
-    DataChannelOpen {
-        /// Which transport.
-        transport: TransportId,
-        /// Which channel.
-        kind: DataKind,
-    },
-    /// A data channel message arrived from the client.
-    DataReceived {
-        /// Which transport.
-        transport: TransportId,
-        /// On which channel.
-        kind: DataKind,
-        /// The message, as sent.
-        data: Vec<u8>,
-    },
-    /// A publisher's offer added a stream we receive.
-    ProducerCreated {
-        /// The new producer.
-        producer: ProducerId,
-        /// Its publisher transport.
-        transport: TransportId,
-        /// Audio or video.
-        kind: MediaKind,
-        /// The publisher's msid track id (LiveKit clients send it as the track's `cid`).
-        track_id: String,
-        /// Its m-line.
-        mid: Mid,
-        /// MIME type of the negotiated codec (`audio/opus`, `video/VP8`, ...), if known.
-        mime: String,
-    },
-    /// A producer ended (the publisher stopped the m-line, or its transport closed).
-    ProducerClosed {
-        /// Which.
-        producer: ProducerId,
-    },
-    /// A consumer ended; its m-line is stopped at the next negotiation.
-    ConsumerClosed {
-        /// Which.
-        consumer: ConsumerId,
-        /// Why.
-        reason: ConsumerCloseReason,
-    },
-}
-
-/// Counters of a router, for metrics. Totals since the router started, except the counts of
-/// live objects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouterStats {
-    /// Open transports.
-    pub transports: usize,
-    /// Live producers.
-    pub producers: usize,
-    /// Live consumers.
-    pub consumers: usize,
-    /// RTP packets received from publishers.
-    pub packets_received: u64,
-    /// RTP packets written to consumers.
-    pub packets_forwarded: u64,
-    /// Keyframe requests sent to publishers.
-    pub keyframe_requests_sent: u64,
-    /// NACKs received from subscribers.
-    pub nacks_received: u64,
-    /// PLIs/FIRs received from subscribers.
-    pub keyframe_requests_received: u64,
+    /// The labels of the data channels subscriber transports open and publishers' clients
+    /// are expected to open.
+    pub data_channels: DataChannelLabels,
 }
 
 /// How long to sleep when no transport wants a wake-up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Retransmission history per consumer. str0m keeps 3 s by default; NACKs come within a
-/// round trip or two, and a shorter history is a third of the memory per subscriber (and of
-/// the cache upkeep per forwarded packet).
-const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
-/// Enough for 1 s at ~6 Mbit/s of full-size packets.
-const RTX_CACHE_PACKETS: usize = 600;
-/// str0m's default cap on retransmitted / transmitted bytes.
-const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 /// How often str0m reports per-stream statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -252,7 +136,7 @@ impl Router {
             }
         }
         let direction = options.direction;
-        let mut transport = Transport::new(id, options, rtc);
+        let mut transport = Transport::new(id, options, self.config.data_channels.clone(), rtc);
         if direction == TransportDirection::Subscriber {
             transport.add_server_channels();
             transport.offer_if_needed(&mut self.sink);
@@ -401,8 +285,7 @@ impl Router {
                 rewriter,
                 pt_map: HashMap::new(),
                 packets: 0,
-                layer: None,
-                preferred_layer: options.preferred_layer,
+                selector: LayerSelector::new(options.preferred_layer),
                 vp8,
             },
         );
@@ -452,7 +335,7 @@ impl Router {
             c.started = false;
             c.rewriter.resync();
             // A simulcast consumer starts again at a keyframe of its target layer.
-            c.layer = None;
+            c.selector.reset();
         }
         Ok(())
     }
@@ -469,18 +352,19 @@ impl Router {
             .consumers
             .get_mut(&id)
             .ok_or(ConsumeError::ConsumerNotFound(id))?;
-        c.preferred_layer = layer;
+        c.selector.preferred = layer;
         if c.paused {
             // It asks for its keyframe when it resumes.
             return Ok(());
         }
-        let (producer, current) = (c.producer, c.layer);
+        let (producer, current, cap) = (c.producer, c.selector.current, c.selector.cap());
         let now = self.now;
         let target = self
             .producers
             .get(&producer)
             .filter(|p| p.is_simulcast())
-            .and_then(|p| target_layer(&p.layers, layer, now));
+            .zip(cap)
+            .and_then(|(p, cap)| target_layer(&p.layers, cap, now));
         if let Some(target) = target
             && Some(target) != current
         {
@@ -635,7 +519,8 @@ impl Router {
                 .iter()
                 .filter_map(|c| self.consumers.get(c))
                 .filter(|c| !c.paused)
-                .map(|c| c.preferred_layer.min(top))
+                .filter_map(|c| c.selector.cap())
+                .map(|cap| cap.min(top))
                 .max(),
         )
     }
@@ -731,11 +616,12 @@ impl Router {
                         .consumer_by_mid
                         .get(&(transport, mid))
                         .and_then(|c| self.consumers.get(c))
-                        .map(|c| (c.producer, c.layer, c.preferred_layer));
-                    if let Some((p, layer, preferred)) = wanted {
-                        match layer {
-                            Some(l) => self.request_layer_keyframe(p, l),
-                            None => self.request_target_keyframe(p, preferred),
+                        .map(|c| (c.producer, c.selector.current, c.selector.cap()));
+                    if let Some((p, layer, cap)) = wanted {
+                        match (layer, cap) {
+                            (Some(l), _) => self.request_layer_keyframe(p, l),
+                            (None, Some(cap)) => self.request_target_keyframe(p, cap),
+                            (None, None) => {}
                         }
                     }
                 }
@@ -857,170 +743,54 @@ impl Router {
         let Some(producer) = self.producers.get_mut(&pid) else {
             return;
         };
-        producer.packets += 1;
         self.packets_received += 1;
         let now = self.now;
-        // A stream without a rid on a simulcast producer (or past the layer cap) belongs to
-        // no layer: nobody gets it.
-        let Some((layer, inserted)) = producer.layer_index(rid) else {
+        let Some(mut incoming) = producer.receive(rid, spec, &packet, now) else {
             return;
         };
-        if inserted {
-            // Layer indexes moved: every consumer starts again at a keyframe.
+        if incoming.layers_moved {
             for cid in &producer.consumers {
                 if let Some(c) = self.consumers.get_mut(cid) {
-                    c.layer = None;
+                    c.selector.reset();
                 }
             }
         }
-        if let Some(level) = packet.header.ext_vals.audio_level {
-            producer.loudness.observe(level, now);
-        }
-        // Padding alone (a paused layer probing bandwidth) does not make a layer active.
-        if !packet.payload.is_empty()
-            && let Some(l) = producer.layers.get_mut(layer)
-        {
-            l.last_packet = Some(now);
-        }
-        // Simulcast: consumers switch layers at keyframes, and VP8 numbering is rewritten
-        // so that the switch is seamless. Both need a look inside the payload, once.
-        let simulcast = producer.is_simulcast();
-        let codec = spec.map(|(s, _)| s.codec);
-        let vp8 = match codec {
-            Some(Codec::Vp8) if simulcast => Vp8Descriptor::parse(&packet.payload)
-                .ok()
-                .map(|d| (d, vp8_long_picture_id(&packet.payload))),
-            _ => None,
-        };
-        let mut keyframe: Option<bool> = None;
-        let mut is_keyframe = || {
-            *keyframe.get_or_insert_with(|| {
-                codec.is_some_and(|c| {
-                    starts_keyframe(c, &packet.payload, vp8.as_ref().map(|(d, _)| d))
-                })
-            })
-        };
-        // Consumers mostly share a preference: one target per preference per packet.
-        let mut targets: Vec<(usize, Option<usize>)> = Vec::new();
-        let mut target_for = |preferred: usize| {
-            if let Some(&(_, t)) = targets.iter().find(|(p, _)| *p == preferred) {
-                return t;
-            }
-            let t = target_layer(&producer.layers, preferred, now);
-            targets.push((preferred, t));
-            t
-        };
+        let producer = &*producer;
+        // Consumers mostly share a cap: one target per cap per packet.
+        let mut targets: Vec<(Option<usize>, Option<usize>)> = Vec::new();
         let mut wants_keyframe = false;
         let mut wanted_layers: Vec<usize> = Vec::new();
-        let ext = ExtensionValues {
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
-            video_orientation: packet.header.ext_vals.video_orientation,
-            ..Default::default()
-        };
         for cid in &producer.consumers {
             let Some(c) = self.consumers.get_mut(cid) else {
                 continue;
             };
-            let Some(out_mid) = c.mid else { continue };
-            if c.paused {
-                continue;
-            }
             let Some(sub) = self.transports.get_mut(&c.transport) else {
                 continue;
             };
-            if !sub.is_connected() {
-                continue;
-            }
-            let mut switching = false;
-            if simulcast {
-                let target = target_for(c.preferred_layer);
-                let wanted = if c.layer == Some(layer) {
-                    // Still on this layer until the target's keyframe arrives.
-                    target.filter(|&t| t != layer)
-                } else if target != Some(layer) {
-                    // Another layer's packet; a consumer with no layer yet waits for its
-                    // target's keyframe.
-                    target.filter(|_| c.layer.is_none())
-                } else if is_keyframe() {
-                    switching = true;
-                    None
-                } else {
-                    Some(layer)
-                };
-                if let Some(w) = wanted
-                    && !wanted_layers.contains(&w)
-                {
-                    wanted_layers.push(w);
-                }
-                if !switching && c.layer != Some(layer) {
-                    continue;
-                }
-            }
-            let out_pt = *c.pt_map.entry(in_pt).or_insert_with(|| {
-                let (spec, red) = spec?;
-                let cfg = sub.rtc.codec_config();
-                let params = cfg.find(|p| p.spec() == spec).or_else(|| {
-                    cfg.find(|p| {
-                        p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
-                    })
-                })?;
-                match (red, params.red()) {
-                    (true, Some(red_pt)) => Some((red_pt, false)),
-                    // The subscriber has the codec but not RED: send the primary encoding.
-                    (true, None) => Some((params.pt(), true)),
-                    (false, _) => Some((params.pt(), false)),
-                }
-            });
-            let Some((out_pt, unwrap_red)) = out_pt else {
-                trace!(consumer = %c.id, ?in_pt, "subscriber lacks the codec");
-                continue;
-            };
-            let mut api = sub.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
-                continue;
-            };
-            let payload: std::sync::Arc<[u8]> = if unwrap_red {
-                match red_primary(&packet.payload) {
-                    Some(p) => p.into(),
-                    None => continue,
+            let target = if incoming.simulcast {
+                let cap = c.selector.cap();
+                match targets.iter().find(|(k, _)| *k == cap) {
+                    Some(&(_, t)) => t,
+                    None => {
+                        let t = cap.and_then(|cap| target_layer(&producer.layers, cap, now));
+                        targets.push((cap, t));
+                        t
+                    }
                 }
             } else {
-                packet.payload.clone()
+                None
             };
-            // Only now, with the packet sure to go out, does the switch happen: numbering is
-            // re-based on this keyframe.
-            if switching {
-                c.rewriter.resync();
-                c.vp8.resync();
+            let done = c.forward(sub, &packet, &mut incoming, target);
+            if let Some(w) = done.wanted
+                && !wanted_layers.contains(&w)
+            {
+                wanted_layers.push(w);
             }
-            let Some((seq, ts)) =
-                c.rewriter
-                    .rewrite(*packet.seq_no, packet.header.timestamp, packet.timestamp)
-            else {
+            if !done.written {
                 continue;
-            };
-            if c.packets == 0 {
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
             }
-            let mut write = RtpWrite::new(out_pt, seq.into(), ts, packet.timestamp, payload)
-                .marker(packet.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(c.kind == MediaKind::Video);
-            if let Some(patch) = vp8.as_ref().and_then(|(d, long)| c.vp8.patch(d, *long)) {
-                write = write.vp8_patch(patch);
-            }
-            tx.write_rtp(write);
-            c.packets += 1;
             self.packets_forwarded += 1;
-            if switching {
-                c.layer = Some(layer);
-                c.started = true;
-            }
-            if !c.started {
-                c.started = true;
-                wants_keyframe = true;
-            }
+            wants_keyframe |= done.first;
             if !sub.touched {
                 sub.touched = true;
                 self.touched.push(c.transport);
@@ -1106,24 +876,6 @@ impl Router {
     }
 }
 
-/// The primary block of an RFC 2198 RED payload: after the 4-byte headers of the redundant
-/// blocks (F bit set), a 1-byte header, the redundant data, then the primary data.
-fn red_primary(payload: &[u8]) -> Option<&[u8]> {
-    let mut at = 0;
-    let mut redundant = 0usize;
-    loop {
-        let b = *payload.get(at)?;
-        if b & 0x80 == 0 {
-            at += 1;
-            break;
-        }
-        let len = ((*payload.get(at + 2)? as usize & 0x03) << 8) | *payload.get(at + 3)? as usize;
-        redundant += len;
-        at += 4;
-    }
-    payload.get(at + redundant..)
-}
-
 /// The MIME type LiveKit uses in `TrackInfo.mime_type` for a codec.
 fn mime_type(codec: Codec) -> String {
     let name = match codec {
@@ -1143,22 +895,4 @@ fn mime_type(codec: Codec) -> String {
 
 fn receives(direction: Direction) -> bool {
     matches!(direction, Direction::RecvOnly | Direction::SendRecv)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::red_primary;
-
-    #[test]
-    fn red_primary_skips_redundant_blocks() {
-        // One redundant block of 3 bytes (PT 111, offset 960), then the primary (PT 111).
-        let payload = [0x80 | 111, 0x0f, 0x00, 3, 111, 9, 9, 9, 1, 2, 3, 4];
-        assert_eq!(red_primary(&payload), Some(&[1u8, 2, 3, 4][..]));
-        // No redundancy: only the final header.
-        assert_eq!(red_primary(&[111, 5, 6]), Some(&[5u8, 6][..]));
-        // Truncated headers or data are refused, never indexed past the end.
-        assert_eq!(red_primary(&[0x80 | 111, 0x0f]), None);
-        assert_eq!(red_primary(&[0x80 | 111, 0, 0, 50, 111, 1]), None);
-        assert_eq!(red_primary(&[]), None);
-    }
 }

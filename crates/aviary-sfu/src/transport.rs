@@ -16,8 +16,8 @@ use tracing::{debug, trace};
 
 use crate::error::NegotiateError;
 use crate::layers::Vp8Munger;
+use crate::output::{CloseReason, DataChannelLabels, DataKind, Event, Output};
 use crate::rewrite::Rewriter;
-use crate::router::{Event, Output};
 use crate::{ConsumerId, SendDataError, TransportId};
 
 /// What a transport's drive produces: outputs for the router's owner, and events the router
@@ -67,37 +67,6 @@ pub enum TransportDirection {
     Subscriber,
 }
 
-/// The two LiveKit data channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataKind {
-    /// `_reliable`: ordered, retransmitted.
-    Reliable,
-    /// `_lossy`: unordered, no retransmissions.
-    Lossy,
-}
-
-impl DataKind {
-    /// The channel label LiveKit clients use for this kind.
-    pub fn label(self) -> &'static str {
-        match self {
-            DataKind::Reliable => "_reliable",
-            DataKind::Lossy => "_lossy",
-        }
-    }
-
-    fn from_label(label: &str) -> Option<Self> {
-        match label {
-            "_reliable" => Some(DataKind::Reliable),
-            "_lossy" => Some(DataKind::Lossy),
-            _ => None,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// Arguments for [`crate::Router::create_transport`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -120,15 +89,6 @@ impl TransportOptions {
             ice_pwd,
         }
     }
-}
-
-/// Why a transport closed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The owner closed it.
-    Local,
-    /// str0m reported an error; the text says which.
-    Failed(String),
 }
 
 /// Bound on a data channel's send buffer; past it, messages are dropped rather than queued,
@@ -206,6 +166,7 @@ pub struct Transport {
     /// the client's credentials, so a restart means something.
     negotiated: bool,
     channels: [Option<ChannelId>; 2],
+    labels: DataChannelLabels,
     connected: bool,
     /// ICE lost the client after it had connected; cleared when it comes back.
     ice_lost: bool,
@@ -224,7 +185,12 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub(crate) fn new(id: TransportId, options: TransportOptions, rtc: Rtc) -> Self {
+    pub(crate) fn new(
+        id: TransportId,
+        options: TransportOptions,
+        labels: DataChannelLabels,
+        rtc: Rtc,
+    ) -> Self {
         Self {
             id,
             direction: options.direction,
@@ -238,6 +204,7 @@ impl Transport {
             restart_ice: false,
             negotiated: false,
             channels: [None, None],
+            labels,
             connected: false,
             ice_lost: false,
             closed: None,
@@ -433,7 +400,7 @@ impl Transport {
                             }
                         };
                         api.add_channel_with_config(ChannelConfig {
-                            label: kind.label().to_string(),
+                            label: self.labels.label(kind).to_string(),
                             ordered,
                             reliability,
                             ..Default::default()
@@ -682,7 +649,7 @@ impl Transport {
                 }
             }
             str0m::Event::ChannelOpen(id, label) => {
-                if let Some(kind) = DataKind::from_label(&label) {
+                if let Some(kind) = self.labels.kind(&label) {
                     self.channels[kind.index()] = Some(id);
                     out.push_back(Output::Event(Event::DataChannelOpen { transport, kind }));
                 } else {

@@ -881,6 +881,7 @@ impl Worker {
         let config = RouterConfig {
             dtls_cert: Some(self.cert.clone()),
             candidates,
+            data_channels: super::livekit_data_channels(),
         };
         let now = Instant::now();
         debug!(room = %sid, "room opened");

@@ -282,6 +282,14 @@ pub struct WorkerConfig {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
+/// The data channels LiveKit clients use: `_reliable` and `_lossy`.
+pub fn livekit_data_channels() -> aviary_sfu::DataChannelLabels {
+    aviary_sfu::DataChannelLabels {
+        reliable: "_reliable".into(),
+        lossy: "_lossy".into(),
+    }
+}
+
 /// A handle to send commands to one worker.
 #[derive(Clone)]
 pub struct WorkerHandle {

@@ -122,6 +122,7 @@ impl Sim {
         let config = RouterConfig {
             dtls_cert: None,
             candidates: vec![(server, Protocol::Udp)],
+            ..Default::default()
         };
         Self {
             now,
