@@ -16,6 +16,10 @@ pub fn advertised_ips(config: &Config) -> Vec<IpAddr> {
     if let Some(ip) = config.rtc.node_ip {
         return vec![ip];
     }
+    let bound = media_bind_ip(config);
+    if !bound.is_unspecified() {
+        return vec![bound];
+    }
     let loopback_only = !config.bind_addresses.is_empty()
         && config
             .bind_addresses
@@ -26,6 +30,20 @@ pub fn advertised_ips(config: &Config) -> Vec<IpAddr> {
         ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     ips
+}
+
+/// The address media sockets (UDP and ICE/TCP) bind: the one IPv4 address given to
+/// `--bind` when it is the only one, else every interface. Binding one address leaves the
+/// same ports free on the others, for a userspace shaper in front of the server
+/// (`aviary netem`) or a second server.
+pub fn media_bind_ip(config: &Config) -> IpAddr {
+    match config.bind_addresses.as_slice() {
+        [one] => match one.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => ip,
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        },
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
 }
 
 /// IPv4 addresses of the interfaces that are up and not loopback interfaces. An address
@@ -59,6 +77,27 @@ fn interface_ips() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_bound_address_is_where_media_binds_and_what_it_advertises() {
+        let mut c = Config {
+            bind_addresses: vec!["127.0.0.2".into()],
+            ..Default::default()
+        };
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(media_bind_ip(&c), ip);
+        assert_eq!(advertised_ips(&c), vec![ip]);
+        // A node IP (a shaper or NAT in front) is still what is advertised.
+        c.rtc.node_ip = Some("127.0.0.3".parse().unwrap());
+        assert_eq!(
+            advertised_ips(&c),
+            vec!["127.0.0.3".parse::<IpAddr>().unwrap()]
+        );
+        for many in [vec!["0.0.0.0"], vec!["127.0.0.1", "::1"], vec![]] {
+            c.bind_addresses = many.into_iter().map(String::from).collect();
+            assert!(media_bind_ip(&c).is_unspecified());
+        }
+    }
 
     #[test]
     fn a_configured_node_ip_is_the_only_one() {

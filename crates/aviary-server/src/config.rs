@@ -78,6 +78,29 @@ pub struct RtcConfig {
     pub node_ip: Option<IpAddr>,
     /// Accepted; there is no STUN lookup on this network-less design yet.
     pub use_external_ip: bool,
+    /// Fitting what each subscriber receives into its estimated bandwidth.
+    pub congestion_control: CongestionControlConfig,
+}
+
+/// `rtc.congestion_control:` section, as upstream.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CongestionControlConfig {
+    /// Estimate each subscriber's bandwidth (TWCC, REMB as fallback) and choose simulcast
+    /// layers within it; off, every subscriber gets the layers it asks for.
+    pub enabled: bool,
+    /// Pause a video track when a subscriber's link cannot carry even its lowest layer
+    /// (the subscriber is told with a `StreamStateUpdate`); off, the lowest layer stays.
+    pub allow_pause: bool,
+}
+
+impl Default for CongestionControlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_pause: false,
+        }
+    }
 }
 
 impl Default for RtcConfig {
@@ -89,6 +112,7 @@ impl Default for RtcConfig {
             port_range_end: 60000,
             node_ip: None,
             use_external_ip: false,
+            congestion_control: CongestionControlConfig::default(),
         }
     }
 }

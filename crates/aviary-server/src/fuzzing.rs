@@ -153,6 +153,8 @@ fn router() -> Router {
             dtls_cert: Some(cert()),
             candidates: vec![(server, Protocol::Udp)],
             data_channels: crate::worker::livekit_data_channels(),
+            // As served by default, so that the allocator sees hostile input too.
+            congestion_control: Some(Default::default()),
         },
         Instant::now(),
     )

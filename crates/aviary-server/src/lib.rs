@@ -20,7 +20,7 @@ pub mod signal;
 pub mod webhook;
 pub mod worker;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,10 +64,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let workers = WorkerPool::start(&WorkerConfig {
         metrics: metrics.clone(),
         threads,
-        bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        bind_ip: addresses::media_bind_ip(&config),
         first_udp_port,
         node_ips: node_ips.clone(),
         tcp_port: Some(config.rtc.tcp_port),
+        congestion_control: config.rtc.congestion_control.enabled.then(|| {
+            aviary_sfu::CongestionControl {
+                allow_pause: config.rtc.congestion_control.allow_pause,
+                ..Default::default()
+            }
+        }),
     })?;
     let settings = RoomSettings::new(
         config.room.clone(),

@@ -20,6 +20,7 @@ fn subscriber_connects_over_tcp_only() {
         node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         tcp_port: Some(0),
         metrics: aviary_server::metrics::Metrics::new(1),
+        congestion_control: None,
     })
     .expect("workers start");
     let tcp_addr = pool.tcp_addr.expect("ICE/TCP enabled");

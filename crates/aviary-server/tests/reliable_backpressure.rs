@@ -22,6 +22,7 @@ fn a_receiver_whose_reliable_data_backs_up_is_disconnected() {
         node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         tcp_port: None,
         metrics: metrics.clone(),
+        congestion_control: None,
     })
     .expect("workers start");
     let server = pool.get(0).udp_addr;

@@ -210,6 +210,10 @@ impl Consumer {
         };
         if self.packets == 0 {
             tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+            // With congestion control on, str0m would pace video at the estimate; the
+            // allocator already keeps the rate within it, and a fan-out that leaves at once
+            // costs neither latency nor the pacer's timers.
+            tx.set_unpaced(true);
         }
         let mut write = RtpWrite::new(out_pt, seq.into(), ts, packet.timestamp, payload)
             .marker(packet.header.marker)

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod allocator;
 mod consumer;
 pub mod demux;
 mod error;
@@ -38,10 +39,11 @@ pub use consumer::{Consumer, ConsumerOptions};
 pub use error::{ConsumeError, NegotiateError, SendDataError, TransportError};
 pub use ids::{ConsumerId, ProducerId, TransportId};
 pub use output::{
-    CloseReason, ConsumerCloseReason, DataChannelLabels, DataKind, Event, Output, RouterStats,
+    CloseReason, ConsumerCloseReason, DataChannelLabels, DataKind, Event, LinkReport, Output,
+    RouterStats,
 };
 pub use producer::Producer;
-pub use router::{Router, RouterConfig};
+pub use router::{CongestionControl, Router, RouterConfig};
 pub use selector::Allowed;
 pub use transport::{Transport, TransportDirection, TransportOptions};
 

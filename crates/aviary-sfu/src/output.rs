@@ -88,6 +88,17 @@ pub enum Event {
         /// Which.
         producer: ProducerId,
     },
+    /// The bandwidth allocator paused a consumer (its subscriber's link cannot carry even
+    /// its lowest layer) or resumed it. LiveKit tells the subscriber with a
+    /// `StreamStateUpdate`.
+    ConsumerPausedForBandwidth {
+        /// Which consumer.
+        consumer: ConsumerId,
+        /// Its subscriber transport.
+        transport: TransportId,
+        /// Paused (or resumed).
+        paused: bool,
+    },
     /// A consumer ended; its m-line is stopped at the next negotiation.
     ConsumerClosed {
         /// Which.
@@ -95,6 +106,25 @@ pub enum Event {
         /// Why.
         reason: ConsumerCloseReason,
     },
+}
+
+/// How one transport's link has been doing lately: what connection quality is scored from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkReport {
+    /// ICE and DTLS are up (and ICE has not lost the client).
+    pub connected: bool,
+    /// How long since anything arrived from the client (`None`: nothing ever did).
+    pub silent_for: Option<std::time::Duration>,
+    /// The worst recent loss fraction among audio m-lines (publisher: of what arrived;
+    /// subscriber: as its receiver reports say).
+    pub audio_loss: Option<f32>,
+    /// The same among video m-lines.
+    pub video_loss: Option<f32>,
+    /// Consumers on this subscriber transport that the bandwidth allocator holds below the
+    /// layer their subscriber asked for.
+    pub held_back: usize,
+    /// Consumers on it that the allocator paused.
+    pub paused: usize,
 }
 
 /// Counters of a router, for metrics. Totals since the router started, except the counts of

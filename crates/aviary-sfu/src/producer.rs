@@ -58,6 +58,8 @@ pub struct Producer {
     pub(crate) layers: Vec<Layer>,
     /// Audio: how loud it has been lately.
     pub(crate) loudness: Loudness,
+    /// Among video tracks sharing a subscriber's bandwidth, higher is served first.
+    pub(crate) priority: u8,
     pub(crate) packets: u64,
 }
 

@@ -5,10 +5,11 @@
 //! packet is forwarded to every consumer within the call that received it.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive, TcpType};
@@ -16,14 +17,17 @@ use str0m::rtp::RtpPacket;
 use str0m::{Candidate, IceCreds, Input, Rtc};
 use tracing::debug;
 
+use crate::allocator::TrackDemand;
 use crate::consumer::{Consumer, ConsumerOptions};
 use crate::error::ConsumeError;
 use crate::layers::{Layer, Vp8Munger, sort_layers, target_layer};
 use crate::loudness::Loudness;
-use crate::output::{ConsumerCloseReason, DataChannelLabels, DataKind, Event, Output, RouterStats};
+use crate::output::{
+    ConsumerCloseReason, DataChannelLabels, DataKind, Event, LinkReport, Output, RouterStats,
+};
 use crate::producer::Producer;
 use crate::rewrite::Rewriter;
-use crate::selector::LayerSelector;
+use crate::selector::{Allowed, LayerSelector};
 use crate::transport::{
     Internal, Numbering, Reused, Sink, Transport, TransportDirection, TransportOptions,
 };
@@ -41,7 +45,35 @@ pub struct RouterConfig {
     /// The labels of the data channels subscriber transports open and publishers' clients
     /// are expected to open.
     pub data_channels: DataChannelLabels,
+    /// Estimate each subscriber's bandwidth and fit what it receives into it; `None` sends
+    /// every subscriber what it asked for.
+    pub congestion_control: Option<CongestionControl>,
 }
+
+/// How subscribers' bandwidth is estimated and shared.
+#[derive(Clone, Debug)]
+pub struct CongestionControl {
+    /// The estimate a subscriber starts with, in bits per second, until feedback refines it.
+    pub initial_estimate: u64,
+    /// A video track that does not fit even at its lowest layer is paused (else it keeps
+    /// that layer).
+    pub allow_pause: bool,
+}
+
+impl Default for CongestionControl {
+    fn default() -> Self {
+        Self {
+            initial_estimate: 1_500_000,
+            allow_pause: false,
+        }
+    }
+}
+
+/// Loss figures older than this no longer describe the link.
+const LOSS_FRESH: Duration = Duration::from_secs(6);
+
+/// How often each subscriber's bandwidth is shared out again.
+const ALLOCATE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long to sleep when no transport wants a wake-up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -69,6 +101,8 @@ pub struct Router {
     /// Feedback counted on transports that are gone, so the totals never go down.
     retired_nacks: u64,
     retired_keyframe_requests: u64,
+    /// When bandwidth is next shared out (with congestion control on).
+    next_allocation: Instant,
 }
 
 impl Router {
@@ -90,6 +124,7 @@ impl Router {
             keyframe_requests_sent: 0,
             retired_nacks: 0,
             retired_keyframe_requests: 0,
+            next_allocation: now + ALLOCATE_INTERVAL,
         }
     }
 
@@ -116,6 +151,11 @@ impl Router {
             });
         if let Some(cert) = &self.config.dtls_cert {
             builder = builder.set_dtls_cert(cert.clone());
+        }
+        if let Some(cc) = &self.config.congestion_control
+            && options.direction == TransportDirection::Subscriber
+        {
+            builder = builder.enable_bwe(Some(Bitrate::bps(cc.initial_estimate)));
         }
         let mut rtc = builder.build(self.now);
         for (addr, proto) in &self.config.candidates {
@@ -373,6 +413,51 @@ impl Router {
         Ok(())
     }
 
+    /// How a transport's link has been doing lately (see [`LinkReport`]), at `now`.
+    pub fn link_report(&self, id: TransportId, now: Instant) -> Option<LinkReport> {
+        let t = self.transports.get(&id)?;
+        // Receiver reports come every second or so for video, every few for audio.
+        let (audio_loss, video_loss) = t.loss_by_kind(now, LOSS_FRESH);
+        let mut report = LinkReport {
+            connected: t.is_connected() && !t.ice_lost(),
+            silent_for: t.last_rx.map(|at| now.saturating_duration_since(at)),
+            audio_loss,
+            video_loss,
+            held_back: 0,
+            paused: 0,
+        };
+        for c in self
+            .consumers
+            .values()
+            .filter(|c| c.transport == id && !c.paused)
+        {
+            let Some(p) = self.producers.get(&c.producer) else {
+                continue;
+            };
+            let top = p.layers.len().saturating_sub(1).min(c.selector.preferred);
+            match c.selector.cap() {
+                None => report.paused += 1,
+                Some(cap) if cap < top => report.held_back += 1,
+                Some(_) => {}
+            }
+        }
+        Some(report)
+    }
+
+    /// Sets a producer's priority among the video a subscriber's bandwidth is shared by
+    /// (higher first; LiveKit serves screen shares before cameras).
+    pub fn set_producer_priority(
+        &mut self,
+        id: ProducerId,
+        priority: u8,
+    ) -> Result<(), ConsumeError> {
+        self.producers
+            .get_mut(&id)
+            .ok_or(ConsumeError::ProducerNotFound(id))?
+            .priority = priority;
+        Ok(())
+    }
+
     /// Asks the producer's publisher for a keyframe on every layer (throttled per layer).
     pub fn request_keyframe(&mut self, producer: ProducerId) {
         let layers = self.producers.get(&producer).map_or(0, |p| p.layers.len());
@@ -428,6 +513,7 @@ impl Router {
             .transports
             .get_mut(&id)
             .ok_or(TransportError::NotFound(id))?;
+        t.last_rx = Some(now);
         t.handle_input(Input::Receive(now, receive), &mut self.sink);
         self.after(id);
         Ok(())
@@ -464,6 +550,85 @@ impl Router {
         for (p, layer) in owed {
             self.request_layer_keyframe(p, layer);
         }
+        if self.config.congestion_control.is_some() && now >= self.next_allocation {
+            self.next_allocation = now + ALLOCATE_INTERVAL;
+            self.allocate(now);
+        }
+    }
+
+    /// Shares each subscriber's estimated bandwidth among its consumers.
+    fn allocate(&mut self, now: Instant) {
+        let Some(cc) = self.config.congestion_control.clone() else {
+            return;
+        };
+        // Ordered, so that what comes out does not depend on hashing.
+        let mut demands: BTreeMap<TransportId, Vec<TrackDemand>> = BTreeMap::new();
+        for c in self.consumers.values() {
+            let Some(p) = self.producers.get(&c.producer) else {
+                continue;
+            };
+            demands.entry(c.transport).or_default().push(TrackDemand {
+                consumer: c.id,
+                kind: c.kind,
+                priority: p.priority,
+                disabled: c.paused,
+                preferred: c.selector.preferred,
+                layer_bps: p.layer_bitrates(now),
+                allowed: c.selector.allowed,
+            });
+        }
+        for (tid, mut tracks) in demands {
+            let Some(t) = self.transports.get_mut(&tid) else {
+                continue;
+            };
+            let Some(estimate) = t.estimate else {
+                continue;
+            };
+            tracks.sort_by_key(|d| d.consumer);
+            let plan = t.allocator.allocate(now, estimate, &tracks, cc.allow_pause);
+            if let Some(rates) = plan.bwe {
+                t.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(rates.0), Bitrate::bps(rates.1));
+                t.drive(&mut self.sink);
+                self.after(tid);
+            }
+            for (consumer, allowed) in plan.changes {
+                self.set_allowed(consumer, allowed);
+            }
+        }
+    }
+
+    /// Applies the allocator's cap to a consumer. Pausing and resuming are told as
+    /// [`Event::ConsumerPausedForBandwidth`]; a resumed consumer starts at a keyframe.
+    fn set_allowed(&mut self, id: ConsumerId, allowed: Allowed) {
+        let Some(c) = self.consumers.get_mut(&id) else {
+            return;
+        };
+        let was = c.selector.allowed;
+        c.selector.allowed = allowed;
+        let paused = allowed == Allowed::Nothing;
+        if paused == (was == Allowed::Nothing) {
+            // A new cap is reached at the target's next keyframe, asked for by forwarding.
+            return;
+        }
+        c.selector.reset();
+        let (transport, producer) = (c.transport, c.producer);
+        if !paused {
+            c.started = false;
+            c.rewriter.resync();
+        }
+        let cap = c.selector.cap();
+        self.sink
+            .out
+            .push_back(Output::Event(Event::ConsumerPausedForBandwidth {
+                consumer: id,
+                transport,
+                paused,
+            }));
+        if let Some(cap) = cap {
+            self.request_target_keyframe(producer, cap);
+        }
     }
 
     /// The next thing to do; [`Output::Timeout`] once there is nothing left.
@@ -478,8 +643,14 @@ impl Router {
             .producers
             .values()
             .filter_map(|p| p.keyframe_deadline());
+        let allocation = self
+            .config
+            .congestion_control
+            .as_ref()
+            .map(|_| self.next_allocation);
         let next = keyframes
             .chain(transports)
+            .chain(allocation)
             .min()
             .unwrap_or(self.now + IDLE_TIMEOUT);
         Output::Timeout(next)
@@ -682,6 +853,7 @@ impl Router {
                 consumers: Vec::new(),
                 layers,
                 loudness: Loudness::default(),
+                priority: 0,
                 packets: 0,
             },
         );

@@ -7,9 +7,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
+use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, IceConnectionState, Input, Rtc};
 use tracing::{debug, trace};
@@ -182,6 +183,18 @@ pub struct Transport {
     /// its m-line instead of adding one: str0m never recycles its own m-lines, and an SDP
     /// that grew with every subscribe cycle would slow every renegotiation.
     idle: std::collections::HashMap<Mid, Numbering>,
+    /// Bandwidth toward the client, in bits per second (TWCC, or REMB when the client sends
+    /// no transport feedback), once estimated.
+    pub(crate) estimate: Option<u64>,
+    /// Some TWCC estimate came: REMB no longer counts.
+    twcc: bool,
+    /// Shares `estimate` among this subscriber's consumers.
+    pub(crate) allocator: crate::allocator::Allocator,
+    /// The latest loss fraction per m-line: of what the client sent us (publisher), or
+    /// what it reports of what we sent (subscriber).
+    loss: std::collections::HashMap<(Mid, Option<Rid>), (f32, Instant)>,
+    /// When the client was last heard from (any datagram).
+    pub(crate) last_rx: Option<Instant>,
 }
 
 impl Transport {
@@ -213,7 +226,41 @@ impl Transport {
             keyframe_requests_received: 0,
             send_lines: std::collections::HashMap::new(),
             idle: std::collections::HashMap::new(),
+            estimate: None,
+            twcc: false,
+            allocator: Default::default(),
+            loss: std::collections::HashMap::new(),
+            last_rx: None,
         }
+    }
+
+    /// The latest loss fraction of each kind of media on this transport (the worst
+    /// m-line of the kind), as str0m's statistics reported it within `fresh` of `now`.
+    pub(crate) fn loss_by_kind(
+        &self,
+        now: Instant,
+        fresh: std::time::Duration,
+    ) -> (Option<f32>, Option<f32>) {
+        let (mut audio, mut video) = (None::<f32>, None::<f32>);
+        // Simulcast layers share an m-line: the worst one speaks for it.
+        for ((mid, _), (loss, at)) in &self.loss {
+            if now.saturating_duration_since(*at) > fresh {
+                continue;
+            }
+            let slot = match self.rtc.media(*mid).map(|m| m.kind()) {
+                Some(MediaKind::Audio) => &mut audio,
+                Some(MediaKind::Video) => &mut video,
+                None => continue,
+            };
+            *slot = Some(slot.map_or(*loss, |l| l.max(*loss)));
+        }
+        (audio, video)
+    }
+
+    /// The estimated bandwidth toward the client, in bits per second, once known (only with
+    /// congestion control on).
+    pub fn estimate(&self) -> Option<u64> {
+        self.estimate
     }
 
     /// This transport's id.
@@ -242,6 +289,11 @@ impl Transport {
     /// True once ICE and DTLS are up.
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// ICE lost the client after it had connected (it may come back).
+    pub(crate) fn ice_lost(&self) -> bool {
+        self.ice_lost
     }
 
     /// True while an offer of ours awaits its answer.
@@ -670,13 +722,30 @@ impl Transport {
                     data: data.data,
                 }));
             }
+            str0m::Event::MediaIngressStats(stats) => {
+                if let Some(loss) = stats.loss {
+                    self.loss
+                        .insert((stats.mid, stats.rid), (loss, stats.timestamp));
+                }
+            }
             str0m::Event::MediaEgressStats(stats) => {
+                if let Some(loss) = stats.loss {
+                    self.loss
+                        .insert((stats.mid, stats.rid), (loss, stats.timestamp));
+                }
                 // str0m reports running totals; keep the increments.
                 let last = self.egress_feedback.entry(stats.mid).or_insert((0, 0));
                 let plis = stats.plis + stats.firs;
                 self.nacks_received += stats.nacks.saturating_sub(last.0);
                 self.keyframe_requests_received += plis.saturating_sub(last.1);
                 *last = (stats.nacks, plis);
+            }
+            str0m::Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.twcc = true;
+                self.estimate = Some(estimate.as_u64());
+            }
+            str0m::Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) if !self.twcc => {
+                self.estimate = Some(estimate.as_u64());
             }
             str0m::Event::ChannelClose(id) => {
                 for slot in &mut self.channels {

@@ -190,6 +190,11 @@ impl RoomCore {
                 track_sid,
                 max_layer,
             } => self.subscribed_layers(&participant, &track_sid, max_layer),
+            MediaEvent::StreamState {
+                participant,
+                track_sid,
+                paused,
+            } => self.stream_state(&participant, &track_sid, paused),
             MediaEvent::Speakers(speakers) => {
                 // Hidden participants are not shown to others, speaking or not.
                 let speakers: Vec<proto::SpeakerInfo> = speakers

@@ -165,6 +165,7 @@ impl RoomCore {
             key: self.key(sid),
             producer: media.producer,
             track_sid: track_sid.clone(),
+            priority: u8::from(track.source == proto::TrackSource::ScreenShare as i32),
         });
         let info = self.update_info(sid.as_str(), |i| {
             i.is_publisher = true;
@@ -295,6 +296,35 @@ impl RoomCore {
     }
 
     /// Dynacast: the publisher is told which layers of its track anyone receives.
+    /// Congestion control paused or resumed a track for one subscriber: it hears so, as
+    /// LiveKit's SDKs show it (`TrackStreamStateChanged`).
+    pub(super) fn stream_state(
+        &mut self,
+        subscriber: &ParticipantSid,
+        track_sid: &TrackSid,
+        paused: bool,
+    ) {
+        let Some((_, publisher)) = self.track(track_sid.as_str()) else {
+            return;
+        };
+        let state = if paused {
+            proto::StreamState::Paused
+        } else {
+            proto::StreamState::Active
+        };
+        let info = proto::StreamStateInfo {
+            participant_sid: publisher.sid().to_string(),
+            track_sid: track_sid.to_string(),
+            state: state as i32,
+        };
+        self.send(
+            subscriber.as_str(),
+            Message::StreamStateUpdate(proto::StreamStateUpdate {
+                stream_states: vec![info],
+            }),
+        );
+    }
+
     pub(super) fn subscribed_layers(
         &mut self,
         sid: &ParticipantSid,

@@ -1462,3 +1462,92 @@ fn hidden_participants_do_not_auto_subscribe_and_subscription_limits_hold() {
     let out = drain(&mut r);
     assert!(commands(&out).iter().any(|c| matches!(c, WorkerCommand::Subscribe { key, track_sid, .. } if key.participant == sub && *track_sid == second)));
 }
+
+#[test]
+fn a_track_paused_for_bandwidth_is_told_to_its_subscriber_as_stream_state() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let publisher = join(&mut r, &clock, "pub", 1);
+    let sub = join(&mut r, &clock, "sub", 2);
+    for p in [&publisher, &sub] {
+        connect(&mut r, &clock, p);
+    }
+    let track = publish(&mut r, &clock, &publisher, "mic");
+    drain(&mut r);
+    for (paused, state) in [
+        (true, proto::StreamState::Paused),
+        (false, proto::StreamState::Active),
+    ] {
+        r.handle_media(
+            clock.now(),
+            MediaEvent::StreamState {
+                participant: sub.clone(),
+                track_sid: track.clone(),
+                paused,
+            },
+        );
+        let out = drain(&mut r);
+        let Some(Resp::StreamStateUpdate(update)) = signals(&out, 2).pop() else {
+            panic!(
+                "no StreamStateUpdate for the subscriber: {:?}",
+                signals(&out, 2)
+            );
+        };
+        assert_eq!(
+            update.stream_states,
+            [proto::StreamStateInfo {
+                participant_sid: publisher.to_string(),
+                track_sid: track.to_string(),
+                state: state as i32,
+            }]
+        );
+        assert!(signals(&out, 1).is_empty(), "the publisher hears nothing");
+    }
+}
+
+#[test]
+fn a_screen_share_is_bound_with_a_higher_priority_than_a_camera() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let publisher = join(&mut r, &clock, "pub", 1);
+    connect(&mut r, &clock, &publisher);
+    let mut priorities = Vec::new();
+    for (i, source) in [proto::TrackSource::Camera, proto::TrackSource::ScreenShare]
+        .into_iter()
+        .enumerate()
+    {
+        let cid = format!("video{i}");
+        r.handle_signal(
+            clock.now(),
+            &publisher,
+            LinkId(1),
+            proto::SignalRequest {
+                message: Some(Req::AddTrack(proto::AddTrackRequest {
+                    cid: cid.clone(),
+                    r#type: proto::TrackType::Video as i32,
+                    source: source as i32,
+                    ..Default::default()
+                })),
+            },
+        );
+        r.handle_media(
+            clock.now(),
+            MediaEvent::ProducerCreated {
+                participant: publisher.clone(),
+                media: ProducedMedia {
+                    producer: ProducerId(10 + i as u64),
+                    cid,
+                    kind: MediaKind::Video,
+                    mid: i.to_string(),
+                    mime: "video/VP8".into(),
+                },
+            },
+        );
+        let out = drain(&mut r);
+        priorities.extend(commands(&out).into_iter().filter_map(|c| match c {
+            WorkerCommand::BindTrack { priority, .. } => Some(*priority),
+            _ => None,
+        }));
+    }
+    assert_eq!(priorities, [0, 1]);
+}

@@ -184,6 +184,7 @@ pub(super) struct WorkerSetup {
     pub(super) cert: DtlsCert,
     pub(super) registry: UfragRegistry,
     pub(super) metrics: WorkerMetrics,
+    pub(super) congestion_control: Option<aviary_sfu::CongestionControl>,
 }
 
 /// Buffers for batched UDP reads.
@@ -321,6 +322,7 @@ pub(super) struct Worker {
     rx: mpsc::Receiver<WorkerCommand>,
     advertised: Vec<SocketAddr>,
     cert: DtlsCert,
+    congestion_control: Option<aviary_sfu::CongestionControl>,
     rooms: HashMap<RoomIdx, RoomMedia>,
     room_idx: HashMap<RoomSid, RoomIdx>,
     next_room: RoomIdx,
@@ -337,6 +339,7 @@ impl Worker {
             cert,
             registry,
             metrics,
+            congestion_control,
         } = setup;
         if advertised.is_empty() {
             return Err(io::Error::other("a worker needs an address to advertise"));
@@ -367,6 +370,7 @@ impl Worker {
             rx,
             advertised,
             cert,
+            congestion_control,
             rooms: HashMap::new(),
             room_idx: HashMap::new(),
             next_room: 0,
@@ -725,6 +729,7 @@ impl Worker {
                 key,
                 producer,
                 track_sid,
+                priority,
             } => {
                 if let Some(room) = self.room_mut(&key.room) {
                     if room.router.producer(producer).is_none() {
@@ -736,6 +741,7 @@ impl Worker {
                         });
                         return;
                     }
+                    let _ = room.router.set_producer_priority(producer, priority);
                     room.tracks
                         .insert(track_sid.clone(), (producer, key.participant));
                     room.producer_tracks.insert(producer, track_sid);
@@ -882,6 +888,7 @@ impl Worker {
             dtls_cert: Some(self.cert.clone()),
             candidates,
             data_channels: super::livekit_data_channels(),
+            congestion_control: self.congestion_control.clone(),
         };
         let now = Instant::now();
         debug!(room = %sid, "room opened");
@@ -1390,6 +1397,22 @@ fn handle_event(
                         track_sid,
                     });
                 }
+            }
+        }
+        Event::ConsumerPausedForBandwidth {
+            consumer, paused, ..
+        } => {
+            if let Some((participant, track_sid)) = room
+                .consumers
+                .iter()
+                .find(|(_, c)| **c == consumer)
+                .map(|(k, _)| k.clone())
+            {
+                room.emit(MediaEvent::StreamState {
+                    participant,
+                    track_sid,
+                    paused,
+                });
             }
         }
         Event::ConsumerClosed { consumer, .. } => {

@@ -63,6 +63,9 @@ pub enum WorkerCommand {
         producer: ProducerId,
         /// The track's sid.
         track_sid: TrackSid,
+        /// Its share of subscribers' bandwidth comes before lower ones' (screen share 1,
+        /// camera 0).
+        priority: u8,
     },
     /// Forward a track to this peer.
     Subscribe {
@@ -237,6 +240,16 @@ pub enum MediaEvent {
         /// The highest layer wanted, if any.
         max_layer: Option<usize>,
     },
+    /// Congestion control paused a track for a subscriber whose link cannot carry it, or
+    /// resumed it (LiveKit's `StreamStateUpdate`).
+    StreamState {
+        /// The subscriber.
+        participant: ParticipantSid,
+        /// The track's sid.
+        track_sid: TrackSid,
+        /// Paused (or active again).
+        paused: bool,
+    },
     /// Who started or stopped speaking in the room (LiveKit's `SpeakersChanged`).
     Speakers(Vec<proto::SpeakerInfo>),
     /// A bound track's media ended (unpublished by renegotiation, or closed).
@@ -280,6 +293,8 @@ pub struct WorkerConfig {
     pub tcp_port: Option<u16>,
     /// Where workers count (at least `threads` worker entries).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Subscribers' bandwidth estimation and allocation; `None` turns it off.
+    pub congestion_control: Option<aviary_sfu::CongestionControl>,
 }
 
 /// The data channels LiveKit clients use: `_reliable` and `_lossy`.
@@ -414,6 +429,7 @@ impl WorkerPool {
                     cert: cert.clone(),
                     registry: registry.clone(),
                     metrics: config.metrics.workers[index].clone(),
+                    congestion_control: config.congestion_control.clone(),
                 },
                 rx,
             )?;

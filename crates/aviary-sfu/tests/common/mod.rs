@@ -53,6 +53,13 @@ pub struct Client {
     /// Packets the simulated network dropped on the way in / out.
     pub dropped_in: usize,
     pub dropped_out: usize,
+    /// A bottleneck on the way from the router to this client: bits per second, and the
+    /// bytes its drop-tail queue holds.
+    pub rate_in: Option<(u64, usize)>,
+    /// When the bottleneck has sent what it holds.
+    link_free_at: Instant,
+    /// Packets the router sent toward this client (before the bottleneck).
+    pub sent_in: usize,
 }
 
 impl Client {
@@ -117,13 +124,15 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(seed: u64) -> Self {
+        Self::with_config(seed, RouterConfig::default())
+    }
+
+    /// A simulation whose router has `config` (its candidates replaced by the simulated
+    /// server address).
+    pub fn with_config(seed: u64, mut config: RouterConfig) -> Self {
         let now = Instant::now();
         let server: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let config = RouterConfig {
-            dtls_cert: None,
-            candidates: vec![(server, Protocol::Udp)],
-            ..Default::default()
-        };
+        config.candidates = vec![(server, Protocol::Udp)];
         Self {
             now,
             router: Router::new(config, now),
@@ -162,6 +171,9 @@ impl Sim {
             loss_out: 0.0,
             dropped_in: 0,
             dropped_out: 0,
+            rate_in: None,
+            link_free_at: self.now,
+            sent_in: 0,
         });
         self.by_addr.insert(addr, idx);
         idx
@@ -342,11 +354,32 @@ impl Sim {
                     let target = self.by_addr.get(&t.destination).copied();
                     let lost =
                         target.is_some_and(|i| self.rng.next_f64() < self.clients[i].loss_in);
-                    if let (true, Some(i)) = (lost, target) {
+                    let mut at = self.now + LATENCY;
+                    let mut overflow = false;
+                    if let Some(i) = target {
+                        let c = &mut self.clients[i];
+                        c.sent_in += 1;
+                        if let Some((rate, queue)) = c.rate_in {
+                            // Serialized behind what the bottleneck already holds.
+                            let start = c.link_free_at.max(self.now);
+                            let held =
+                                start.duration_since(self.now).as_secs_f64() * rate as f64 / 8.0;
+                            let bytes = t.contents.len() + 28;
+                            if held as usize + bytes > queue {
+                                overflow = true;
+                            } else {
+                                let on_wire =
+                                    Duration::from_secs_f64(bytes as f64 * 8.0 / rate as f64);
+                                c.link_free_at = start + on_wire;
+                                at = c.link_free_at + LATENCY;
+                            }
+                        }
+                    }
+                    if let (true, Some(i)) = (lost || overflow, target) {
                         self.clients[i].dropped_in += 1;
                     } else {
                         self.wire.push_back(Datagram {
-                            at: self.now + LATENCY,
+                            at,
                             from: t.source,
                             to: t.destination,
                             data: t.contents.to_vec(),
