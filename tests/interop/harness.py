@@ -117,6 +117,10 @@ class Server:
         # and the advertised addresses the server's own choice.
         self.as_newcomer = False
         self.env: dict[str, str] = {}
+        # Where HTTP and media bind, and the address put in ICE candidates: a shaped test
+        # binds NODE_IP and advertises the shaper's address in front of it.
+        self.bind_ip = "0.0.0.0"
+        self.node_ip = NODE_IP
 
     # -- addresses
     @property
@@ -140,7 +144,7 @@ class Server:
             str(self.binary),
             "serve",
             *(["--dev"] if self.dev else []),
-            *([] if self.as_newcomer else ["--bind", "0.0.0.0", "--node-ip", NODE_IP]),
+            *([] if self.as_newcomer else ["--bind", self.bind_ip, "--node-ip", self.node_ip]),
             "--port",
             str(self.port),
             "--udp-port",

@@ -3,6 +3,7 @@
 mod errors;
 mod join;
 mod load_test;
+mod netem;
 mod remote;
 mod room;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
     Join(join::JoinArgs),
     /// Load a server with synthetic publishers and subscribers and report what arrived.
     LoadTest(load_test::LoadTestArgs),
+    /// Shape UDP between clients and a server: rate, queue, delay, loss (a userspace netem).
+    Netem(netem::NetemArgs),
 }
 
 /// Servers and load tests hold a socket per participant: raise the descriptor limit to the
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Netem(args) => netem::run(args),
         Command::Token(cmd) => token::run(cmd),
         Command::Room(args) => room::run(args),
         Command::Join(args) => join::run(args),
