@@ -496,6 +496,8 @@ RECORDED_EVENTS = (
     # resume and full reconnect (test_resume.py)
     "reconnecting",
     "reconnected",
+    # congestion control and connection quality (test_congestion.py)
+    "connection_quality_changed",
 )
 
 

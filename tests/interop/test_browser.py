@@ -296,6 +296,30 @@ async def test_page_subscribes_to_python_video(server: Server, browsers: Browser
             assert abs(w * 3 - h * 4) <= 8, f"decoded {w}x{h} is not 4:3: {stats}"
 
 
+async def test_page_hears_connection_quality_of_itself_and_whom_it_receives(
+    server: Server, browsers: Browsers
+) -> None:
+    """ConnectionQualityUpdate: livekit-client raises ConnectionQualityChanged for the
+    local participant and for the publisher it receives, as the server scores them."""
+    room = unique("web-quality")
+    async with Clients(server) as clients, browsers:
+        async with page_seeing_python_video(server, clients, browsers, room) as page:
+            await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000,
+                            timeout=MEDIA_TIMEOUT + 5)
+
+            async def heard() -> dict[str, str]:
+                seen = {}
+                for e in await page.call("events"):
+                    if e["name"] == "connectionQualityChanged":
+                        seen[e["identity"]] = e["quality"]
+                return seen if {"web", "py-pub"} <= seen.keys() else {}
+
+            # Scored every 5 s; both ends are on loopback with nothing lost.
+            seen = await wait_until(heard, timeout=15, interval=0.5,
+                                    what="ConnectionQualityChanged for the page and py-pub")
+            assert seen == {"web": "excellent", "py-pub": "excellent"}, seen
+
+
 async def test_page_resubscribing_reuses_its_m_section(server: Server, browsers: Browsers) -> None:
     """Unsubscribing and subscribing again, over and over, brings the video back each
     time on the m-section it had: the subscriber's SDP does not grow with the cycles."""

@@ -9,6 +9,7 @@ pub mod banner;
 #[doc(hidden)]
 pub mod capture;
 pub mod config;
+pub mod connection_quality;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guid;

@@ -33,6 +33,16 @@ pub const MAX_TRIAL_WAIT: Duration = Duration::from_secs(32);
 /// How long a try runs before the estimate judges it.
 pub const TRIAL: Duration = Duration::from_secs(2);
 
+/// How long the estimate must have room for a climb before it happens.
+pub const UPGRADE_AFTER: Duration = Duration::from_millis(750);
+
+/// A climb followed by a step down within this is a climb that failed.
+pub const UPGRADE_HELD: Duration = Duration::from_secs(8);
+/// The wait before climbing again after the first failed climb; it doubles with each
+/// failure, up to [`MAX_TRIAL_WAIT`]. An estimate briefly inflated by a probe's burst must
+/// not make a subscriber oscillate between layers.
+pub const FIRST_UPGRADE_WAIT: Duration = Duration::from_secs(4);
+
 /// Share of the estimate that allocation plans to fill: the rest absorbs keyframes and
 /// the measuring noise of a 500 ms window.
 const HEADROOM: f64 = 0.9;
@@ -95,10 +105,8 @@ pub struct Plan {
     pub changes: Vec<(ConsumerId, Allowed)>,
     /// What the subscriber would receive with every preference met: the rate BWE probes for.
     pub desired: u64,
-    /// What the next step up would need: padding may keep the link this busy.
-    pub next_step: u64,
-    /// New (minimum, desired) rates for str0m's BWE, when they change.
-    pub bwe: Option<(u64, u64)>,
+    /// A new desired rate for str0m's BWE, when it changes.
+    pub bwe: Option<u64>,
 }
 
 /// Per-subscriber allocation state.
@@ -106,8 +114,8 @@ pub struct Plan {
 pub struct Allocator {
     /// Since when the estimate has been below what is sent.
     below_since: Option<Instant>,
-    /// The rates last given to BWE.
-    rates: Option<(u64, u64)>,
+    /// The desired rate last given to BWE.
+    rate: Option<u64>,
     /// When to ask for the next probe, while short of what is desired.
     reprobe_at: Option<Instant>,
     /// The desired rate is lowered for this round, to be raised at the next.
@@ -118,6 +126,14 @@ pub struct Allocator {
     trial_wait: Option<Duration>,
     /// A paused track is being tried until then.
     trial_until: Option<Instant>,
+    /// When tracks last climbed (until the climb has held for [`UPGRADE_HELD`]).
+    upgraded_at: Option<Instant>,
+    /// How long climbing waits after a climb that did not hold.
+    upgrade_wait: Duration,
+    /// No climbing before then.
+    upgrade_after: Option<Instant>,
+    /// Since when the estimate has had room for a climb.
+    above_since: Option<Instant>,
 }
 
 impl Allocator {
@@ -135,24 +151,56 @@ impl Allocator {
         let budget = (estimate as f64 * HEADROOM) as u64;
         let ideal = ideal(budget, tracks, allow_pause);
         let desired = tracks.iter().map(|t| t.cost(Allowed::Any)).sum();
-        let next_step = next_step(tracks, &ideal).unwrap_or(desired);
 
         let lower = tracks
             .iter()
             .zip(&ideal)
             .any(|(t, a)| rank(t, *a) < rank(t, t.allowed));
         let trial = self.trial_until.is_some_and(|t| now < t);
+        if self
+            .upgraded_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= UPGRADE_HELD)
+        {
+            // The last climb held: the next one need not wait.
+            self.upgraded_at = None;
+            self.upgrade_wait = Duration::ZERO;
+        }
         let apply = if trial {
             self.below_since = None;
             false
         } else if estimate < usage {
+            self.above_since = None;
             let since = *self.below_since.get_or_insert(now);
-            now.saturating_duration_since(since) >= DOWNGRADE_AFTER
+            let due = now.saturating_duration_since(since) >= DOWNGRADE_AFTER;
+            if due && self.upgraded_at.take().is_some() {
+                // A climb the link could not carry: the next one waits, longer each time.
+                self.upgrade_wait =
+                    (self.upgrade_wait * 2).clamp(FIRST_UPGRADE_WAIT, MAX_TRIAL_WAIT);
+                self.upgrade_after = Some(now + self.upgrade_wait);
+            }
+            due
         } else {
             self.below_since = None;
-            // Within the estimate: only pure upgrades (the estimate grew), never a reshuffle.
-            !lower
+            // Within the estimate: only pure upgrades (the estimate grew and stayed up for
+            // a while, not one probe's burst), never a reshuffle, and not while a failed
+            // climb is being waited out.
+            let climb = !lower
+                && tracks
+                    .iter()
+                    .zip(&ideal)
+                    .any(|(t, a)| t.layer_of(*a) != t.layer_of(t.allowed));
+            if climb {
+                let since = *self.above_since.get_or_insert(now);
+                now.saturating_duration_since(since) >= UPGRADE_AFTER
+                    && self.upgrade_after.is_none_or(|at| now >= at)
+            } else {
+                self.above_since = None;
+                false
+            }
         };
+        if apply {
+            self.above_since = None;
+        }
         let mut changes = Vec::new();
         if apply {
             self.below_since = None;
@@ -161,15 +209,17 @@ impl Allocator {
                     changes.push((t.consumer, *a));
                 }
             }
+            if !lower && !changes.is_empty() {
+                self.upgraded_at = Some(now);
+            }
         }
         if !trial && let Some(resume) = self.trial(now, tracks, &changes) {
             changes.push(resume);
         }
-        let bwe = self.bwe_rates(now, estimate, next_step.min(desired), desired);
+        let bwe = self.bwe_rate(now, estimate, desired);
         Plan {
             changes,
             desired,
-            next_step,
             bwe,
         }
     }
@@ -214,17 +264,12 @@ impl Allocator {
         Some((t.consumer, Allowed::UpTo(t.lowest()?)))
     }
 
-    /// The rates for BWE: what would serve every preference, lowered for one round every
-    /// [`REPROBE_EVERY`] while the estimate is short of it, so that raising it again makes
-    /// str0m probe (it probes on a rise, not on a steady shortfall).
-    fn bwe_rates(
-        &mut self,
-        now: Instant,
-        estimate: u64,
-        minimum: u64,
-        desired: u64,
-    ) -> Option<(u64, u64)> {
-        let mut rates = (minimum, desired);
+    /// The desired rate for BWE: what would serve every preference, lowered for one round
+    /// every [`REPROBE_EVERY`] while the estimate is short of it, so that raising it again
+    /// makes str0m probe (it probes on a rise, not on a steady shortfall). No minimum rate is
+    /// asked for: padding toward one would keep the link busy with packets nobody watches.
+    fn bwe_rate(&mut self, now: Instant, estimate: u64, desired: u64) -> Option<u64> {
+        let mut rate = desired;
         if desired > estimate {
             let at = *self.reprobe_at.get_or_insert(now + REPROBE_EVERY);
             if self.lowered {
@@ -232,15 +277,15 @@ impl Allocator {
                 self.reprobe_at = Some(now + REPROBE_EVERY);
             } else if now >= at {
                 self.lowered = true;
-                rates = (minimum.min(estimate), estimate);
+                rate = estimate;
             }
         } else {
             self.reprobe_at = None;
             self.lowered = false;
         }
-        (self.rates != Some(rates)).then(|| {
-            self.rates = Some(rates);
-            rates
+        (self.rate != Some(rate)).then(|| {
+            self.rate = Some(rate);
+            rate
         })
     }
 }
@@ -299,27 +344,6 @@ fn ideal(budget: u64, tracks: &[TrackDemand], allow_pause: bool) -> Vec<Allowed>
     out
 }
 
-/// The total a subscriber would receive if the first track that can climb took one more
-/// layer (or resumed) above the ideal allowances.
-fn next_step(tracks: &[TrackDemand], ideal: &[Allowed]) -> Option<u64> {
-    let now: u64 = tracks.iter().zip(ideal).map(|(t, a)| t.cost(*a)).sum();
-    let mut order: Vec<usize> = (0..tracks.len())
-        .filter(|&i| tracks[i].kind == MediaKind::Video && !tracks[i].disabled)
-        .collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(tracks[i].priority), tracks[i].consumer));
-    order.into_iter().find_map(|i| {
-        let t = &tracks[i];
-        let from = t.layer_of(ideal[i]);
-        let top = t.layer_of(Allowed::Any)?;
-        let next = match from {
-            None => t.lowest()?,
-            Some(l) if l < top => (l + 1..=top).find(|&n| t.layer_bps[n] > 0)?,
-            Some(_) => return None,
-        };
-        Some(now - t.cost(ideal[i]) + t.layer_bps[next])
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +376,16 @@ mod tests {
 
     fn t0() -> Instant {
         Instant::now()
+    }
+
+    /// Allocates at `at` and again once a climb may happen; the second plan.
+    fn held(a: &mut Allocator, at: Instant, estimate: u64, tracks: &[TrackDemand]) -> Plan {
+        let first = a.allocate(at, estimate, tracks, false);
+        assert!(
+            first.changes.is_empty(),
+            "no climb on the first sight of room: {first:?}"
+        );
+        a.allocate(at + UPGRADE_AFTER, estimate, tracks, false)
     }
 
     #[test]
@@ -396,18 +430,66 @@ mod tests {
     }
 
     #[test]
-    fn a_grown_estimate_climbs_at_once_and_never_past_the_preference() {
+    fn a_grown_estimate_that_holds_climbs_and_never_past_the_preference() {
         let mut a = Allocator::default();
         let mut cam = camera(2, Allowed::UpTo(0));
-        let plan = a.allocate(t0(), 700 * KBPS, std::slice::from_ref(&cam), false);
+        let t = t0();
+        let plan = held(&mut a, t, 700 * KBPS, std::slice::from_ref(&cam));
         assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(1))]);
         cam.allowed = Allowed::UpTo(1);
         cam.preferred = 1;
-        let plan = a.allocate(t0(), 5000 * KBPS, std::slice::from_ref(&cam), false);
+        let plan = a.allocate(
+            t + 2 * UPGRADE_AFTER,
+            5000 * KBPS,
+            std::slice::from_ref(&cam),
+            false,
+        );
         assert!(plan.changes.is_empty(), "{plan:?}");
         cam.preferred = 2;
-        let plan = a.allocate(t0(), 5000 * KBPS, &[cam], false);
+        let plan = held(&mut a, t + 3 * UPGRADE_AFTER, 5000 * KBPS, &[cam]);
         assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(2))]);
+    }
+
+    #[test]
+    fn a_short_spike_of_the_estimate_climbs_nothing() {
+        let mut a = Allocator::default();
+        let low = [camera(2, Allowed::UpTo(0))];
+        let t = t0();
+        assert!(a.allocate(t, 5000 * KBPS, &low, false).changes.is_empty());
+        let dip = a.allocate(t + UPGRADE_AFTER / 2, 200 * KBPS, &low, false);
+        assert!(dip.changes.is_empty());
+        let again = a.allocate(t + UPGRADE_AFTER, 5000 * KBPS, &low, false);
+        assert!(again.changes.is_empty(), "the wait starts over: {again:?}");
+    }
+
+    #[test]
+    fn a_climb_the_link_cannot_carry_is_retried_later_and_later() {
+        let mut a = Allocator::default();
+        let t = t0();
+        let low = [camera(2, Allowed::UpTo(0))];
+        let high = [camera(2, Allowed::UpTo(1))];
+        // The estimate grows: the camera climbs.
+        let plan = held(&mut a, t - UPGRADE_AFTER, 700 * KBPS, &low);
+        assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(1))]);
+        // It cannot be carried: a second below, back down.
+        a.allocate(t + Duration::from_secs(1), 300 * KBPS, &high, false);
+        let plan = a.allocate(t + Duration::from_secs(2), 300 * KBPS, &high, false);
+        assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(0))]);
+        // Another jump within the wait changes nothing; after it, the climb is tried again.
+        let soon = a.allocate(t + Duration::from_secs(4), 700 * KBPS, &low, false);
+        assert!(soon.changes.is_empty(), "{soon:?}");
+        let later = t + Duration::from_secs(2) + FIRST_UPGRADE_WAIT;
+        let plan = a.allocate(later, 700 * KBPS, &low, false);
+        assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(1))]);
+        // (The room was seen at 4 s already, so it has held long enough.)
+        // It fails again: the wait doubles.
+        a.allocate(later + Duration::from_secs(1), 300 * KBPS, &high, false);
+        a.allocate(later + Duration::from_secs(2), 300 * KBPS, &high, false);
+        let wait_end = later + Duration::from_secs(2) + 2 * FIRST_UPGRADE_WAIT;
+        let early = a.allocate(wait_end - UPGRADE_AFTER, 700 * KBPS, &low, false);
+        assert!(early.changes.is_empty(), "{early:?}");
+        let plan = a.allocate(wait_end, 700 * KBPS, &low, false);
+        assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(1))]);
     }
 
     #[test]
@@ -439,7 +521,13 @@ mod tests {
         assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::Nothing)]);
         // It resumes at the lowest layer once that fits.
         let paused = [audio(1), camera(2, Allowed::Nothing)];
-        let plan = a.allocate(now + 2 * DOWNGRADE_AFTER, 300 * KBPS, &paused, true);
+        a.allocate(now + 2 * DOWNGRADE_AFTER, 300 * KBPS, &paused, true);
+        let plan = a.allocate(
+            now + 2 * DOWNGRADE_AFTER + UPGRADE_AFTER,
+            300 * KBPS,
+            &paused,
+            true,
+        );
         assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(0))]);
 
         let mut b = Allocator::default();
@@ -452,19 +540,18 @@ mod tests {
     fn layers_not_received_are_neither_counted_nor_chosen() {
         let mut cam = camera(2, Allowed::UpTo(0));
         cam.layer_bps[2] = 0;
-        let plan = Allocator::default().allocate(t0(), 5000 * KBPS, &[cam], false);
+        let plan = held(&mut Allocator::default(), t0(), 5000 * KBPS, &[cam]);
         assert_eq!(plan.changes, vec![(ConsumerId(2), Allowed::UpTo(1))]);
         assert_eq!(plan.desired, 500 * KBPS);
     }
 
     #[test]
-    fn disabled_tracks_take_nothing_and_next_step_names_the_climb() {
+    fn disabled_tracks_take_nothing() {
         let mut off = camera(3, Allowed::Any);
         off.disabled = true;
         let tracks = [camera(2, Allowed::UpTo(0)), off];
         let plan = Allocator::default().allocate(t0(), 300 * KBPS, &tracks, false);
         assert!(plan.changes.is_empty());
         assert_eq!(plan.desired, 1200 * KBPS);
-        assert_eq!(plan.next_step, 500 * KBPS);
     }
 }

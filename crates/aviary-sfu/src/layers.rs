@@ -41,6 +41,8 @@ pub(crate) struct Layer {
     pub(crate) keyframe_owed: bool,
     /// What the layer carries, in bits per second.
     pub(crate) rate: RateMeter,
+    /// The stream whose losses are NACKed (see `Router::forward`).
+    pub(crate) nacked_ssrc: Option<str0m::rtp::Ssrc>,
 }
 
 impl Layer {
@@ -51,6 +53,7 @@ impl Layer {
             last_keyframe_request: None,
             keyframe_owed: false,
             rate: RateMeter::default(),
+            nacked_ssrc: None,
         }
     }
 

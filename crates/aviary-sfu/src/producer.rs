@@ -154,6 +154,24 @@ impl Producer {
         self.layers.iter().map(|l| l.rate.bps(now)).collect()
     }
 
+    /// What each layer costs a subscriber, lowest first, for bandwidth allocation: its
+    /// recent mean rate, and never less than a lower layer's (a layer that just restarted
+    /// can read near zero for a window, and must not look cheap); 0 for a layer not being
+    /// received.
+    pub(crate) fn layer_costs(&self, now: Instant) -> Vec<u64> {
+        let mut floor = 0;
+        self.layers
+            .iter()
+            .map(|l| match l.rate.mean_bps(now) {
+                0 => 0,
+                peak => {
+                    floor = floor.max(peak);
+                    floor
+                }
+            })
+            .collect()
+    }
+
     pub(crate) fn is_simulcast(&self) -> bool {
         self.layers.first().is_some_and(|l| l.rid.is_some())
     }

@@ -15,7 +15,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, IceCreds, Input, Rtc};
-use tracing::debug;
+use tracing::{debug, trace};
 
 use crate::allocator::TrackDemand;
 use crate::consumer::{Consumer, ConsumerOptions};
@@ -573,7 +573,7 @@ impl Router {
                 priority: p.priority,
                 disabled: c.paused,
                 preferred: c.selector.preferred,
-                layer_bps: p.layer_bitrates(now),
+                layer_bps: p.layer_costs(now),
                 allowed: c.selector.allowed,
             });
         }
@@ -586,10 +586,11 @@ impl Router {
             };
             tracks.sort_by_key(|d| d.consumer);
             let plan = t.allocator.allocate(now, estimate, &tracks, cc.allow_pause);
-            if let Some(rates) = plan.bwe {
+            trace!(transport = %tid, estimate, ?plan, ?tracks, "allocation");
+            if let Some(desired) = plan.bwe {
                 t.rtc
                     .bwe()
-                    .set_bitrate(Bitrate::bps(rates.0), Bitrate::bps(rates.1));
+                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
                 t.drive(&mut self.sink);
                 self.after(tid);
             }
@@ -607,6 +608,7 @@ impl Router {
         };
         let was = c.selector.allowed;
         c.selector.allowed = allowed;
+        debug!(consumer = %id, ?was, ?allowed, "bandwidth allocation");
         let paused = allowed == Allowed::Nothing;
         if paused == (was == Allowed::Nothing) {
             // A new cap is reached at the target's next keyframe, asked for by forwarding.
@@ -920,6 +922,18 @@ impl Router {
         let Some(mut incoming) = producer.receive(rid, spec, &packet, now) else {
             return;
         };
+        let layer = &mut producer.layers[incoming.layer];
+        if producer.kind == MediaKind::Video && layer.nacked_ssrc != Some(packet.header.ssrc) {
+            // str0m leaves NACKs off for a stream whose payload type it did not pair with
+            // RTX, which is what happens to libwebrtc publishers' streams (mapped by mid and
+            // rid): a packet lost on the way in would stay lost for every subscriber.
+            layer.nacked_ssrc = Some(packet.header.ssrc);
+            if let Some(t) = self.transports.get_mut(&from)
+                && let Some(rx) = t.rtc.direct_api().stream_rx(&packet.header.ssrc)
+            {
+                rx.suppress_nack(false);
+            }
+        }
         if incoming.layers_moved {
             for cid in &producer.consumers {
                 if let Some(c) = self.consumers.get_mut(cid) {

@@ -125,6 +125,7 @@ fn a_narrow_link_settles_on_a_layer_that_fits_and_climbs_back_when_it_widens() {
 
     run(&mut sim, &mut [&mut cam], 8);
     let (sent0, dropped0) = link_counts(&sim, bob);
+    let rtp0 = sim.clients[bob].rtp().len();
     let mut layers = Vec::new();
     for _ in 0..8 {
         run(&mut sim, &mut [&mut cam], 1);
@@ -146,10 +147,11 @@ fn a_narrow_link_settles_on_a_layer_that_fits_and_climbs_back_when_it_widens() {
         "{:.1} % of packets lost once settled (estimate {estimate:?}, layers {layers:?})",
         loss * 100.0
     );
+    // At least the low layer's frame rate (one packet a frame) got through.
+    let got = sim.clients[bob].rtp().len() - rtp0;
     assert!(
-        sent1 - sent0 > 8 * 40,
-        "video kept flowing: {}",
-        sent1 - sent0
+        got >= 8 * FPS as usize * 9 / 10,
+        "video kept flowing: {got} packets in 8 s"
     );
 
     // The link widens: the estimate grows by probing, and the consumer climbs to the top.
@@ -184,7 +186,7 @@ fn a_screen_share_is_served_before_a_camera() {
         .unwrap();
     let bob = sim.join_subscriber("bob");
     // Room for both lowest layers and one middle one.
-    sim.clients[bob].rate_in = Some((1_000_000, 60_000));
+    sim.clients[bob].rate_in = Some((1_200_000, 60_000));
     let cam_c = sim.consume(camera.producer, bob);
     let screen_c = sim.consume(screen.producer, bob);
     run(&mut sim, &mut [&mut camera, &mut screen], 20);

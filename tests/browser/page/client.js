@@ -216,7 +216,9 @@
           record('localTrackPublished', { sid: pub.trackSid, kind: pub.kind, source: pub.source }))
         .on(R.MediaDevicesError, (e) => record('mediaDevicesError', { error: String(e) }))
         .on(R.TrackStreamStateChanged, (pub, state, p) =>
-          record('trackStreamStateChanged', { identity: p.identity, sid: pub.trackSid, state }));
+          record('trackStreamStateChanged', { identity: p.identity, sid: pub.trackSid, state }))
+        .on(R.ConnectionQualityChanged, (quality, p) =>
+          record('connectionQualityChanged', { identity: p.identity, quality }));
 
       status('connecting');
       const t = performance.now();

@@ -195,6 +195,7 @@ impl RoomCore {
                 track_sid,
                 paused,
             } => self.stream_state(&participant, &track_sid, paused),
+            MediaEvent::ConnectionQuality(infos) => self.connection_quality(&infos),
             MediaEvent::Speakers(speakers) => {
                 // Hidden participants are not shown to others, speaking or not.
                 let speakers: Vec<proto::SpeakerInfo> = speakers
@@ -227,6 +228,43 @@ impl RoomCore {
                     );
                 }
             }
+        }
+    }
+
+    /// Connection qualities scored by the media plane: each participant hears its own and
+    /// those of the participants whose tracks it subscribes to, whenever one of them moved.
+    fn connection_quality(&mut self, infos: &[proto::ConnectionQualityInfo]) {
+        let sids: Vec<ParticipantSid> = self.participants.iter().map(|p| p.sid()).collect();
+        for sid in sids {
+            let Some(p) = self.participant(sid.as_str()) else {
+                continue;
+            };
+            let mut shown: Vec<String> = vec![sid.to_string()];
+            for track in p.subscriptions.keys() {
+                if let Some((_, publisher)) = self.track(track.as_str())
+                    && !shown.contains(&publisher.info.sid)
+                {
+                    shown.push(publisher.info.sid.clone());
+                }
+            }
+            let updates: Vec<proto::ConnectionQualityInfo> = shown
+                .iter()
+                .filter_map(|s| infos.iter().find(|i| &i.participant_sid == s).cloned())
+                .collect();
+            let summary: Vec<(String, i32)> = updates
+                .iter()
+                .map(|u| (u.participant_sid.clone(), u.quality))
+                .collect();
+            if updates.is_empty() || summary == p.qualities_sent {
+                continue;
+            }
+            if let Some(p) = self.participant_mut(sid.as_str()) {
+                p.qualities_sent = summary;
+            }
+            self.send(
+                sid.as_str(),
+                Message::ConnectionQuality(proto::ConnectionQualityUpdate { updates }),
+            );
         }
     }
 

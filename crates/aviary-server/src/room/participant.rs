@@ -37,6 +37,8 @@ pub struct Participant {
     /// The last `SubscribedQualityUpdate` per published track (dynacast), sent again on a
     /// resume: the worker tells only changes.
     pub quality_updates: HashMap<TrackSid, proto::SubscribedQualityUpdate>,
+    /// The connection qualities last sent to it: (participant sid, quality).
+    pub qualities_sent: Vec<(String, i32)>,
     /// RoomService mutes of its tracks made while no link was attached, told on resume.
     pub missed_mutes: Vec<proto::MuteTrackRequest>,
 }
@@ -52,6 +54,7 @@ impl Participant {
             subscriptions: HashMap::new(),
             track_permissions: None,
             quality_updates: HashMap::new(),
+            qualities_sent: Vec::new(),
             missed_mutes: Vec::new(),
         }
     }

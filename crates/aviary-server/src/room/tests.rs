@@ -1551,3 +1551,83 @@ fn a_screen_share_is_bound_with_a_higher_priority_than_a_camera() {
     }
     assert_eq!(priorities, [0, 1]);
 }
+
+#[test]
+fn connection_quality_reaches_each_participant_for_itself_and_whom_it_receives() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let publisher = join(&mut r, &clock, "pub", 1);
+    let sub = join(&mut r, &clock, "sub", 2);
+    let loner = join(&mut r, &clock, "loner", 3);
+    for p in [&publisher, &sub, &loner] {
+        connect(&mut r, &clock, p);
+    }
+    let track = publish(&mut r, &clock, &publisher, "mic");
+    // The loner receives nothing.
+    request(
+        &mut r,
+        &clock,
+        &loner,
+        3,
+        Req::Subscription(proto::UpdateSubscription {
+            track_sids: vec![track.to_string()],
+            subscribe: false,
+            ..Default::default()
+        }),
+    );
+    drain(&mut r);
+    let info = |sid: &ParticipantSid, q: proto::ConnectionQuality| proto::ConnectionQualityInfo {
+        participant_sid: sid.to_string(),
+        quality: q as i32,
+        score: if q == proto::ConnectionQuality::Excellent {
+            4.5
+        } else {
+            3.2
+        },
+    };
+    let report = |r: &mut RoomCore, pub_q, sub_q| {
+        r.handle_media(
+            clock.now(),
+            MediaEvent::ConnectionQuality(vec![
+                info(&publisher, pub_q),
+                info(&sub, sub_q),
+                info(&loner, proto::ConnectionQuality::Excellent),
+            ]),
+        );
+        drain(r)
+    };
+    let quality_of = |out: &[Output], link: u64| -> Vec<Vec<(String, i32)>> {
+        signals(out, link)
+            .into_iter()
+            .filter_map(|m| match m {
+                Resp::ConnectionQuality(u) => Some(
+                    u.updates
+                        .into_iter()
+                        .map(|i| (i.participant_sid, i.quality))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    use proto::ConnectionQuality::{Excellent, Good};
+    let out = report(&mut r, Excellent, Excellent);
+    let q = |sid: &ParticipantSid, q: proto::ConnectionQuality| (sid.to_string(), q as i32);
+    assert_eq!(
+        quality_of(&out, 2),
+        [vec![q(&sub, Excellent), q(&publisher, Excellent)]]
+    );
+    assert_eq!(quality_of(&out, 1), [vec![q(&publisher, Excellent)]]);
+    assert_eq!(quality_of(&out, 3), [vec![q(&loner, Excellent)]]);
+    // Nothing moved: nothing is sent.
+    let out = report(&mut r, Excellent, Excellent);
+    assert!((1..=3).all(|l| quality_of(&out, l).is_empty()));
+    // The publisher's link degrades: it and its subscriber hear; the loner does not.
+    let out = report(&mut r, Good, Excellent);
+    assert_eq!(
+        quality_of(&out, 2),
+        [vec![q(&sub, Excellent), q(&publisher, Good)]]
+    );
+    assert_eq!(quality_of(&out, 1), [vec![q(&publisher, Good)]]);
+    assert!(quality_of(&out, 3).is_empty());
+}

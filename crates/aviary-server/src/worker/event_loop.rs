@@ -41,6 +41,8 @@ const RECV_SLOTS: usize = 16;
 const MAX_DATAGRAM: usize = 2048;
 /// How often speaking participants are worked out (upstream's audio update interval).
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
+/// How often connection quality is scored (LiveKit's interval).
+const QUALITY_INTERVAL: Duration = Duration::from_secs(5);
 /// Signaling commands handled per turn before sockets and timers get theirs.
 const COMMAND_BATCH: usize = 64;
 /// Time spent on signaling commands per turn, at most (give or take one command).
@@ -392,6 +394,7 @@ impl Worker {
         let mut more_commands = false;
         let mut last_flush = Instant::now();
         let mut last_speakers = Instant::now();
+        let mut last_quality = Instant::now();
         loop {
             let now = Instant::now();
             if now.duration_since(last_flush) >= STATS_FLUSH {
@@ -406,13 +409,20 @@ impl Worker {
                     announce_wanted_layers(room);
                 }
             }
+            if now.duration_since(last_quality) >= QUALITY_INTERVAL {
+                last_quality = now;
+                for room in self.rooms.values() {
+                    report_quality(room, now);
+                }
+            }
             let deadline = self
                 .rooms
                 .values()
                 .map(|r| r.next_timeout)
                 .min()
                 .unwrap_or(now + MAX_SLEEP)
-                .min(last_speakers + SPEAKER_INTERVAL);
+                .min(last_speakers + SPEAKER_INTERVAL)
+                .min(last_quality + QUALITY_INTERVAL);
             let sleep = if more_to_read || more_commands {
                 Duration::ZERO
             } else {
@@ -1419,6 +1429,29 @@ fn handle_event(
             room.consumers.retain(|_, c| *c != consumer);
         }
         other => trace!(?other, "unhandled router event"),
+    }
+}
+
+/// Scores every participant's connection from what the router saw of its transports.
+fn report_quality(room: &RoomMedia, now: Instant) {
+    let report = |t: Option<TransportId>| t.and_then(|t| room.router.link_report(t, now));
+    let infos: Vec<proto::ConnectionQualityInfo> = room
+        .peers
+        .iter()
+        .map(|(sid, peer)| {
+            let (quality, score) = crate::connection_quality::score(
+                report(peer.publisher).as_ref(),
+                report(peer.subscriber).as_ref(),
+            );
+            proto::ConnectionQualityInfo {
+                participant_sid: sid.to_string(),
+                quality: quality as i32,
+                score,
+            }
+        })
+        .collect();
+    if !infos.is_empty() {
+        room.emit(MediaEvent::ConnectionQuality(infos));
     }
 }
 

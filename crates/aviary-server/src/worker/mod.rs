@@ -250,6 +250,8 @@ pub enum MediaEvent {
         /// Paused (or active again).
         paused: bool,
     },
+    /// Every participant's connection quality, scored every few seconds.
+    ConnectionQuality(Vec<proto::ConnectionQualityInfo>),
     /// Who started or stopped speaking in the room (LiveKit's `SpeakersChanged`).
     Speakers(Vec<proto::SpeakerInfo>),
     /// A bound track's media ended (unpublished by renegotiation, or closed).

@@ -24,7 +24,7 @@ impl Default for LinkParams {
         Self {
             rate: None,
             queue: 64 * 1024,
-            burst: 4 * 1500,
+            burst: 1500,
             delay: Duration::ZERO,
             loss: 0.0,
         }

@@ -6,7 +6,8 @@
 //! subscriber receives on) each flow has a bottleneck of `--rate` with a `--queue`; toward
 //! the server `--uplink-rate` (default: none). Delay and random loss apply both ways.
 //! Settings change at run time with lines on stdin: `rate 400k`, `uplink-rate 2m`,
-//! `queue 32k`, `delay 40ms`, `loss 5%` (each answered `ok` or with what was wrong).
+//! `queue 32k`, `delay 40ms`, `loss 5%` (both ways), `downlink-loss 5%`, `uplink-loss 5%`
+//! (each answered `ok` or with what was wrong).
 
 mod link;
 
@@ -46,6 +47,10 @@ pub struct NetemArgs {
     /// Bytes each bottleneck queues before dropping (`64k`).
     #[arg(long, value_parser = parse_size, default_value = "64k")]
     queue: usize,
+    /// Bytes a bottleneck lets through at once after a quiet spell (its bucket's depth).
+    /// Deeper than a packet or two, it makes a bandwidth probe's burst look like capacity.
+    #[arg(long, value_parser = parse_size, default_value = "1500")]
+    burst: usize,
     /// One-way delay added in each direction (`40ms`).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     delay: Duration,
@@ -83,6 +88,7 @@ async fn serve(args: NetemArgs) -> anyhow::Result<()> {
     );
     let base = LinkParams {
         queue: args.queue,
+        burst: args.burst,
         delay: args.delay,
         loss: args.loss,
         ..Default::default()
@@ -218,7 +224,11 @@ fn apply(s: &mut Settings, line: &str) -> anyhow::Result<()> {
             let l = parse_loss(value)?;
             (s.down.loss, s.up.loss) = (l, l);
         }
-        other => bail!("unknown setting {other:?}: rate, uplink-rate, queue, delay or loss"),
+        "downlink-loss" => s.down.loss = parse_loss(value)?,
+        "uplink-loss" => s.up.loss = parse_loss(value)?,
+        other => bail!(
+            "unknown setting {other:?}: rate, uplink-rate, queue, delay, loss, downlink-loss or uplink-loss"
+        ),
     }
     Ok(())
 }
@@ -287,6 +297,8 @@ mod tests {
         assert_eq!(s.down.rate, None);
         apply(&mut s, "loss 5%").unwrap();
         assert_eq!((s.down.loss, s.up.loss), (0.05, 0.05));
+        apply(&mut s, "uplink-loss 0").unwrap();
+        assert_eq!((s.down.loss, s.up.loss), (0.05, 0.0));
         apply(&mut s, "delay 40ms").unwrap();
         assert_eq!(s.up.delay, Duration::from_millis(40));
         let e = apply(&mut s, "speed 1m").unwrap_err().to_string();
