@@ -44,7 +44,7 @@ pub const UPGRADE_HELD: Duration = Duration::from_secs(8);
 pub const FIRST_UPGRADE_WAIT: Duration = Duration::from_secs(4);
 
 /// Share of the estimate that allocation plans to fill: the rest absorbs keyframes and
-/// the measuring noise of a 500 ms window.
+/// the noise of the estimate and of the layers' measured rates.
 const HEADROOM: f64 = 0.9;
 
 /// What the allocator knows of one consumer.
@@ -60,8 +60,8 @@ pub struct TrackDemand {
     pub disabled: bool,
     /// The highest layer the subscriber asked for (0 is the lowest).
     pub preferred: usize,
-    /// The producer's measured bitrate per layer, lowest first, in bits per second; 0 for
-    /// a layer not being received.
+    /// What each of the producer's layers costs, lowest first, in bits per second (its
+    /// recent mean rate, never below a lower layer's); 0 for a layer not being received.
     pub layer_bps: Vec<u64>,
     /// What the consumer is allowed now.
     pub allowed: Allowed,

@@ -413,25 +413,31 @@ impl Router {
         Ok(())
     }
 
-    /// How a transport's link has been doing lately (see [`LinkReport`]), at `now`.
-    pub fn link_report(&self, id: TransportId, now: Instant) -> Option<LinkReport> {
-        let t = self.transports.get(&id)?;
-        // Receiver reports come every second or so for video, every few for audio.
-        let (audio_loss, video_loss) = t.loss_by_kind(now, LOSS_FRESH);
-        let mut report = LinkReport {
-            connected: t.is_connected() && !t.ice_lost(),
-            silent_for: t.last_rx.map(|at| now.saturating_duration_since(at)),
-            audio_loss,
-            video_loss,
-            held_back: 0,
-            paused: 0,
-        };
-        for c in self
-            .consumers
-            .values()
-            .filter(|c| c.transport == id && !c.paused)
-        {
-            let Some(p) = self.producers.get(&c.producer) else {
+    /// How every transport's link has been doing lately (see [`LinkReport`]), at `now`: one
+    /// pass over the transports and one over the consumers, whatever the room's size.
+    pub fn link_reports(&self, now: Instant) -> HashMap<TransportId, LinkReport> {
+        let mut reports: HashMap<TransportId, LinkReport> = self
+            .transports
+            .iter()
+            .map(|(id, t)| {
+                // Receiver reports come every second or so for video, every few for audio.
+                let (audio_loss, video_loss) = t.loss_by_kind(now, LOSS_FRESH);
+                let report = LinkReport {
+                    connected: t.is_connected() && !t.ice_lost(),
+                    silent_for: t.last_rx.map(|at| now.saturating_duration_since(at)),
+                    audio_loss,
+                    video_loss,
+                    held_back: 0,
+                    paused: 0,
+                };
+                (*id, report)
+            })
+            .collect();
+        for c in self.consumers.values().filter(|c| !c.paused) {
+            let (Some(p), Some(report)) = (
+                self.producers.get(&c.producer),
+                reports.get_mut(&c.transport),
+            ) else {
                 continue;
             };
             let top = p.layers.len().saturating_sub(1).min(c.selector.preferred);
@@ -441,7 +447,7 @@ impl Router {
                 Some(_) => {}
             }
         }
-        Some(report)
+        reports
     }
 
     /// Sets a producer's priority among the video a subscriber's bandwidth is shared by

@@ -1,5 +1,6 @@
-//! Losses are repaired: the subscriber's NACKs are answered from the consumer's send buffer,
-//! and the publisher's losses are NACKed by the router.
+//! Losses are repaired (the subscriber's NACKs are answered from the consumer's send buffer,
+//! and the publisher's losses are NACKed by the router), and what is not repaired shows in
+//! the link reports connection quality is scored from.
 
 mod common;
 
@@ -77,4 +78,36 @@ fn publisher_losses_are_nacked() {
         "{dropped} packets dropped, {} never recovered upstream: {missing:?}",
         missing.len()
     );
+}
+
+#[test]
+fn link_reports_carry_each_sides_loss_and_silence() {
+    let mut sim = Sim::new(7);
+    // Audio: nothing repairs its losses, so the receiver reports show them.
+    let (alice, mids) = sim.join_publisher("alice", &[MediaKind::Audio]);
+    let bob = sim.join_subscriber("bob");
+    sim.send_rtp(alice, mids[0], 1, 0, &1u64.to_be_bytes());
+    sim.run_for(Duration::from_millis(50));
+    let (producer, _) = sim.producers()[0];
+    sim.consume(producer, bob);
+    // 10 % lost toward bob; nothing lost from alice.
+    sim.clients[bob].loss_in = 0.10;
+    sim.stream(alice, mids[0], 2, 300, Duration::from_millis(20), 960);
+    let reports = sim.router.link_reports(sim.now);
+    let (pub_t, sub_t) = (sim.clients[alice].transport, sim.clients[bob].transport);
+    let sub = reports[&sub_t];
+    let loss = sub
+        .audio_loss
+        .expect("bob's receiver reports say what it lost");
+    assert!((0.03..0.25).contains(&loss), "bob lost {loss}");
+    assert!(sub.connected && sub.silent_for.is_some_and(|s| s < Duration::from_secs(1)));
+    let publisher = reports[&pub_t];
+    assert!(publisher.audio_loss.unwrap_or(0.0) < 0.02, "{publisher:?}");
+    assert_eq!(sub.video_loss, None);
+    assert_eq!((sub.held_back, sub.paused), (0, 0));
+    // Alice goes quiet: her transport's silence grows.
+    sim.clients[alice].loss_out = 1.0;
+    sim.run_for(Duration::from_secs(3));
+    let silent = sim.router.link_reports(sim.now)[&pub_t].silent_for.unwrap();
+    assert!(silent >= Duration::from_secs(2), "{silent:?}");
 }

@@ -1434,7 +1434,8 @@ fn handle_event(
 
 /// Scores every participant's connection from what the router saw of its transports.
 fn report_quality(room: &RoomMedia, now: Instant) {
-    let report = |t: Option<TransportId>| t.and_then(|t| room.router.link_report(t, now));
+    let reports = room.router.link_reports(now);
+    let report = |t: Option<TransportId>| t.and_then(|t| reports.get(&t).copied());
     let infos: Vec<proto::ConnectionQualityInfo> = room
         .peers
         .iter()
