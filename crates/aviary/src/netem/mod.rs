@@ -28,6 +28,8 @@ pub use link::{Link, LinkParams, Verdict};
 /// Datagrams one direction of one flow may have scheduled and not yet sent; past this the
 /// shaper is behind and drops (it never holds more than the queue allows anyway).
 const IN_FLIGHT: usize = 4096;
+/// Client addresses served at once; datagrams from more are dropped.
+const MAX_FLOWS: usize = 1024;
 
 #[derive(Args, Debug)]
 pub struct NetemArgs {
@@ -114,6 +116,9 @@ async fn serve(args: NetemArgs) -> anyhow::Result<()> {
     loop {
         let (n, client) = listen.recv_from(&mut buf).await?;
         let next_seed = args.seed.wrapping_add(2 * flows.len() as u64);
+        if flows.len() >= MAX_FLOWS && !flows.contains_key(&client) {
+            continue;
+        }
         let flow = match flows.get_mut(&client) {
             Some(f) => f,
             None => {
