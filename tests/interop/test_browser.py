@@ -320,6 +320,53 @@ async def test_page_hears_connection_quality_of_itself_and_whom_it_receives(
             assert seen == {"web": "excellent", "py-pub": "excellent"}, seen
 
 
+async def test_page_sees_its_video_paused_for_bandwidth_and_resumed(tmp_path, browsers: Browsers) -> None:
+    """With `rtc.congestion_control.allow_pause`, a subscriber whose bandwidth cannot carry
+    a video track gets it paused (StreamStateUpdate PAUSED: livekit-client's
+    TrackStreamStateChanged), and resumed when it can again. The bandwidth is set with the
+    SDK's own hook, `simulateScenario('subscriber-bandwidth', bps)` (0 clears it)."""
+    server = Server(
+        tmp_path / "server.log", ["--config-body", "rtc: {congestion_control: {allow_pause: true}}"]
+    ).start()
+    room = unique("web-pause")
+    try:
+        async with Clients(server) as clients, browsers:
+            async with page_seeing_python_video(server, clients, browsers, room) as page:
+                await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000,
+                                timeout=MEDIA_TIMEOUT + 5)
+                await page.call("waitForFramesDecoded", "py-pub", FRAMES, MEDIA_TIMEOUT * 1000,
+                                timeout=MEDIA_TIMEOUT + 5)
+
+                async def states() -> list[str]:
+                    return [e["state"] for e in await page.call("events")
+                            if e["name"] == "trackStreamStateChanged" and e["identity"] == "py-pub"]
+
+                async def decoded() -> int:
+                    return (await page.call("waitForFramesDecoded", "py-pub", 0, 1000))["framesDecoded"]
+
+                await page.call("simulate", "subscriber-bandwidth", 10_000)
+                await wait_until(lambda: _last_is(states, "paused"), timeout=EVENT_TIMEOUT,
+                                 what="the page to see py-pub's video paused")
+                # Paused means no frames (the next try at the lowest layer is 4 s away).
+                before = await decoded()
+                await asyncio.sleep(2)
+                assert await decoded() <= before + 2, "frames kept coming while paused"
+
+                await page.call("simulate", "subscriber-bandwidth", 0)
+                await wait_until(lambda: _last_is(states, "active"), timeout=EVENT_TIMEOUT,
+                                 what="the page to see py-pub's video active again")
+                resumed = await decoded()
+                await page.call("waitForFramesDecoded", "py-pub", resumed + FRAMES,
+                                MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5)
+    finally:
+        server.stop()
+
+
+async def _last_is(states, want: str) -> bool:
+    seen = await states()
+    return bool(seen) and seen[-1] == want
+
+
 async def test_page_resubscribing_reuses_its_m_section(server: Server, browsers: Browsers) -> None:
     """Unsubscribing and subscribing again, over and over, brings the video back each
     time on the m-section it had: the subscriber's SDP does not grow with the cycles."""

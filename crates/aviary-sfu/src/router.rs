@@ -450,6 +450,15 @@ impl Router {
         reports
     }
 
+    /// Makes the allocator share `bps` among a subscriber's consumers instead of its
+    /// estimated bandwidth (LiveKit's `SimulateScenario.subscriber_bandwidth`); `None`
+    /// goes back to the estimate. Only with congestion control on.
+    pub fn set_bandwidth_override(&mut self, transport: TransportId, bps: Option<u64>) {
+        if let Some(t) = self.transports.get_mut(&transport) {
+            t.bandwidth_override = bps;
+        }
+    }
+
     /// Sets a producer's priority among the video a subscriber's bandwidth is shared by
     /// (higher first; LiveKit serves screen shares before cameras).
     pub fn set_producer_priority(
@@ -587,7 +596,7 @@ impl Router {
             let Some(t) = self.transports.get_mut(&tid) else {
                 continue;
             };
-            let Some(estimate) = t.estimate else {
+            let Some(estimate) = t.bandwidth_override.or(t.estimate) else {
                 continue;
             };
             tracks.sort_by_key(|d| d.consumer);

@@ -188,6 +188,8 @@ pub struct Transport {
     pub(crate) estimate: Option<u64>,
     /// Some TWCC estimate came: REMB no longer counts.
     twcc: bool,
+    /// A bandwidth to allocate within instead of `estimate` (a test hook of LiveKit's).
+    pub(crate) bandwidth_override: Option<u64>,
     /// Shares `estimate` among this subscriber's consumers.
     pub(crate) allocator: crate::allocator::Allocator,
     /// The latest loss fraction per m-line: of what the client sent us (publisher), or
@@ -227,6 +229,7 @@ impl Transport {
             send_lines: std::collections::HashMap::new(),
             idle: std::collections::HashMap::new(),
             estimate: None,
+            bandwidth_override: None,
             twcc: false,
             allocator: Default::default(),
             loss: std::collections::HashMap::new(),

@@ -109,6 +109,19 @@ fn layer(sim: &Sim, c: ConsumerId) -> Option<usize> {
     sim.router.consumer(c).unwrap().current_layer()
 }
 
+/// What the router said of `c` being paused (true) and resumed (false) for bandwidth.
+fn paused_events(sim: &Sim, c: ConsumerId) -> Vec<bool> {
+    sim.router_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConsumerPausedForBandwidth {
+                consumer, paused, ..
+            } if *consumer == c => Some(*paused),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Loss on the subscriber's link over a stretch: (sent, dropped).
 fn link_counts(sim: &Sim, sub: usize) -> (usize, usize) {
     (sim.clients[sub].sent_in, sim.clients[sub].dropped_in)
@@ -211,17 +224,7 @@ fn video_pauses_for_want_of_bandwidth_only_when_allowed_and_resumes() {
         // Less than even the lowest layer.
         sim.clients[bob].rate_in = Some((100_000, 20_000));
         let c = sim.consume(cam.producer, bob);
-        let paused = |sim: &Sim| -> Vec<bool> {
-            sim.router_events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::ConsumerPausedForBandwidth {
-                        consumer, paused, ..
-                    } if *consumer == c => Some(*paused),
-                    _ => None,
-                })
-                .collect()
-        };
+        let paused = |sim: &Sim| paused_events(sim, c);
         // Paused, then tried again at its lowest layer (the only way to learn whether the
         // link has room once nothing is sent) and paused again, with longer waits.
         let mut per_second = Vec::new();
@@ -321,4 +324,23 @@ fn on_an_open_link_every_subscriber_gets_every_packet_at_once() {
             "sub {s}: {late:?}"
         );
     }
+}
+
+#[test]
+fn a_bandwidth_override_is_allocated_within_until_cleared() {
+    let mut sim = sim(15, true);
+    let mut cam = Camera::join(&mut sim, "alice");
+    let bob = sim.join_subscriber("bob");
+    let c = sim.consume(cam.producer, bob);
+    run(&mut sim, &mut [&mut cam], 4);
+    assert!(layer(&sim, c).is_some(), "flowing on the open link");
+    // As LiveKit's SimulateScenario.subscriber_bandwidth: the allocator believes 50 kbit/s.
+    let t = sim.clients[bob].transport;
+    sim.router.set_bandwidth_override(t, Some(50_000));
+    run(&mut sim, &mut [&mut cam], 3);
+    let paused = |sim: &Sim| paused_events(sim, c);
+    assert_eq!(paused(&sim), [true]);
+    sim.router.set_bandwidth_override(t, None);
+    run(&mut sim, &mut [&mut cam], 3);
+    assert_eq!(paused(&sim), [true, false], "resumed on the real estimate");
 }

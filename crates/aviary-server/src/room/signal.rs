@@ -339,7 +339,14 @@ impl RoomCore {
                     p.session.refuse_resumes = Some((now.at + SIMULATION_WINDOW, 3));
                 }
             }
-            Scenario::SwitchCandidateProtocol(_) | Scenario::SubscriberBandwidth(_) => {
+            Scenario::SubscriberBandwidth(bps) => {
+                // As upstream: the subscriber's bandwidth is taken to be this (0 clears it).
+                self.media(WorkerCommand::SubscriberBandwidth {
+                    key: self.key(sid),
+                    bps: u64::try_from(bps).ok().filter(|&b| b > 0),
+                });
+            }
+            Scenario::SwitchCandidateProtocol(_) => {
                 self.send(
                     sid.as_str(),
                     Resp::RequestResponse(proto::RequestResponse {

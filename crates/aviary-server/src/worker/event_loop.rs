@@ -772,6 +772,13 @@ impl Worker {
                     }
                 });
             }
+            WorkerCommand::SubscriberBandwidth { key, bps } => {
+                if let Some(room) = self.room_mut(&key.room)
+                    && let Some(t) = room.peers.get(&key.participant).and_then(|p| p.subscriber)
+                {
+                    room.router.set_bandwidth_override(t, bps);
+                }
+            }
             WorkerCommand::TrackSettings {
                 key,
                 track_sid,

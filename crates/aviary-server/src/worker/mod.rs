@@ -83,6 +83,14 @@ pub enum WorkerCommand {
         /// Which track.
         track_sid: TrackSid,
     },
+    /// Replaces a subscriber's estimated bandwidth with this many bits per second, for the
+    /// allocator (`SimulateScenario.subscriber_bandwidth`); `None` goes back to the estimate.
+    SubscriberBandwidth {
+        /// The subscriber.
+        key: PeerKey,
+        /// The bandwidth to allocate within.
+        bps: Option<u64>,
+    },
     /// A subscriber's settings for one track (`UpdateTrackSettings`), kept for later
     /// subscriptions to it too.
     TrackSettings {
