@@ -117,13 +117,18 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
         server.stop()
 
 
+NO_CONGESTION_CONTROL = "rtc: {congestion_control: {enabled: false}}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/aviary"))
     ap.add_argument("--subscribers", type=int, nargs="+", default=[10, 100, 500, 1000])
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--video-bitrate", default="600k")
-    ap.add_argument("--servers", nargs="+", default=["aviary", "janus"], choices=["aviary", "janus"])
+    # aviary-nocc: Aviary with rtc.congestion_control off, to measure what it costs.
+    ap.add_argument("--servers", nargs="+", default=["aviary", "janus"],
+                    choices=["aviary", "aviary-nocc", "janus"])
     a = ap.parse_args()
     if not os.environ.get(NS_MARK):
         # Re-run inside a private network namespace (see the module docs).
@@ -135,7 +140,7 @@ def main() -> int:
         print("no janus binary (apt-get install janus): measuring Aviary only", file=sys.stderr)
         servers.remove("janus")
     workdir = tempfile.mkdtemp(prefix="aviary-bench-")
-    print("| subscribers | server | connected | server CPU-µs / forwarded packet | Janus ÷ Aviary | "
+    print("| subscribers | server | connected | server CPU-µs / forwarded packet | ÷ Aviary | "
           "forwarded pkt/s | server CPU % | load tester CPU % | RSS KiB / subscriber | loss % | "
           "delay p50 / p99 ms | first media p50 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -143,11 +148,16 @@ def main() -> int:
         for n in a.subscribers:
             rows = {}
             for name in servers:
-                server = Aviary(a.binary) if name == "aviary" else Janus(workdir)
+                if name == "janus":
+                    server = Janus(workdir)
+                elif name == "aviary-nocc":
+                    server = Aviary(a.binary, ("--config-body", NO_CONGESTION_CONTROL))
+                else:
+                    server = Aviary(a.binary)
                 rows[name] = run_one(a.binary, server, n, a.duration, a.video_bitrate)
             for name, r in rows.items():
                 ratio = ""
-                if name == "janus" and "aviary" in rows:
+                if name != "aviary" and "aviary" in rows:
                     ratio = f"{r['cpu_us_per_packet'] / max(rows['aviary']['cpu_us_per_packet'], 1e-9):.2f}"
                 print(f"| {n} | {name} | {r['connected']} | {r['cpu_us_per_packet']:.2f} | {ratio} | "
                       f"{r['forwarded_per_s']:.0f} | {r['server_cpu_percent']:.0f} | {r['load_cpu_percent']:.0f} | "

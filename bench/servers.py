@@ -68,13 +68,13 @@ class Server:
 class Aviary(Server):
     name = "aviary"
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, extra: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.port = free_port()
         udp = free_port(socket.SOCK_DGRAM)
         self.proc = subprocess.Popen(
             [binary, "serve", "--dev", "--port", str(self.port), "--udp-port", str(udp),
-             "--tcp-port", str(free_port())],
+             "--tcp-port", str(free_port()), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": "warn"}, preexec_fn=raise_nofile,
         )
