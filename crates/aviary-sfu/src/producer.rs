@@ -164,8 +164,8 @@ impl Producer {
             .iter()
             .map(|l| match l.rate.mean_bps(now) {
                 0 => 0,
-                peak => {
-                    floor = floor.max(peak);
+                mean => {
+                    floor = floor.max(mean);
                     floor
                 }
             })
