@@ -149,11 +149,6 @@ impl Producer {
         })
     }
 
-    /// Bits per second each layer carries now, lowest layer first.
-    pub fn layer_bitrates(&self, now: Instant) -> Vec<u64> {
-        self.layers.iter().map(|l| l.rate.bps(now)).collect()
-    }
-
     /// What each layer costs a subscriber, lowest first, for bandwidth allocation: its
     /// recent mean rate, and never less than a lower layer's (a layer that just restarted
     /// can read near zero for a window, and must not look cheap); 0 for a layer not being

@@ -71,28 +71,13 @@ impl Camera {
             let packets = bytes.div_ceil(PACKET);
             let ts = u32::from(self.frame) * 3000 + l as u32 * 7_777_777;
             for i in 0..packets {
-                let mut payload = vp8(l as u8, self.frame, keyframe, i == 0);
+                let mut payload = common::vp8_payload(l as u8, self.frame, keyframe, i == 0);
                 payload.resize(bytes / packets, 0xab);
                 self.seq[l] += 1;
                 sim.send_rtp_layer(self.client, self.mid, Some(rid), self.seq[l], ts, &payload);
             }
         }
     }
-}
-
-/// A VP8 payload: descriptor (15-bit picture id, TL0PICIDX, KEYIDX), S bit on a frame's
-/// first packet, and a payload header whose P bit marks a keyframe.
-fn vp8(layer: u8, frame: u16, keyframe: bool, first: bool) -> Vec<u8> {
-    let picture_id = (u16::from(layer) * 10_000 + frame) & 0x7fff;
-    vec![
-        if first { 0x90 } else { 0x80 },
-        0xf0,
-        0x80 | (picture_id >> 8) as u8,
-        picture_id as u8,
-        (layer * 50).wrapping_add(frame as u8),
-        layer,
-        if keyframe { 0x00 } else { 0x01 },
-    ]
 }
 
 /// Runs `seconds` of frames from every camera.

@@ -12,23 +12,9 @@ use str0m::rtp::Vp8Descriptor;
 const RIDS: [&str; 3] = ["q", "h", "f"];
 const FRAME: Duration = Duration::from_millis(33);
 
-/// A VP8 payload: descriptor with a 15-bit picture id, TL0PICIDX and KEYIDX, a payload
-/// header whose P bit marks a keyframe, then which layer and frame it is.
+/// A frame's one packet on `layer`.
 fn vp8(layer: u8, frame: u16, keyframe: bool) -> Vec<u8> {
-    // Each layer's encoder numbers its pictures from its own start.
-    let picture_id = (u16::from(layer) * 10_000 + frame) & 0x7fff;
-    vec![
-        0x90,
-        0xf0,
-        0x80 | (picture_id >> 8) as u8,
-        picture_id as u8,
-        (layer * 50).wrapping_add(frame as u8),
-        layer,
-        if keyframe { 0x00 } else { 0x01 },
-        layer,
-        (frame >> 8) as u8,
-        frame as u8,
-    ]
+    common::vp8_payload(layer, frame, keyframe, true)
 }
 
 struct Layers {

@@ -541,6 +541,26 @@ impl Sim {
     }
 }
 
+/// A VP8 payload as a simulcast encoder sends it: descriptor with a 15-bit picture id (each
+/// layer's encoder numbers its pictures from its own start), TL0PICIDX and KEYIDX, the S
+/// bit on a frame's `first` packet, a payload header whose P bit marks a keyframe, then
+/// which layer and frame it is.
+pub fn vp8_payload(layer: u8, frame: u16, keyframe: bool, first: bool) -> Vec<u8> {
+    let picture_id = (u16::from(layer) * 10_000 + frame) & 0x7fff;
+    vec![
+        if first { 0x90 } else { 0x80 },
+        0xf0,
+        0x80 | (picture_id >> 8) as u8,
+        picture_id as u8,
+        (layer * 50).wrapping_add(frame as u8),
+        layer,
+        if keyframe { 0x00 } else { 0x01 },
+        layer,
+        (frame >> 8) as u8,
+        frame as u8,
+    ]
+}
+
 /// The publisher's sequence number a subscriber's packet carries in its payload.
 pub fn payload_seq(p: &RtpPacket) -> u64 {
     let mut b = [0u8; 8];
