@@ -4,6 +4,8 @@ a userspace bottleneck (the machine has no `tc netem`).
 The server binds its media to NODE_IP and advertises SHAPER_IP; one shaper per worker
 port listens on SHAPER_IP and forwards to NODE_IP. SHAPER_IP is put on the test
 namespace's veth (a non-loopback interface, so libwebrtc uses it) for the test's time.
+The server's ICE/TCP candidate is advertised at SHAPER_IP too, where nothing listens:
+a client cannot fall back to TCP around the shaper, so what a test sees crossed it.
 """
 
 from __future__ import annotations
