@@ -15,8 +15,6 @@ import pytest
 from livekit import rtc
 
 from harness import (
-    SAMPLE_RATE,
-    AudioProbe,
     Client,
     Clients,
     ToneSender,
@@ -26,7 +24,6 @@ from harness import (
     wait_until,
 )
 from shaper import in_namespace, shaped_server
-from test_media import frames_encoded_by_rid
 
 pytestmark = pytest.mark.skipif(not in_namespace(), reason="needs scripts/testnet.sh's namespace")
 
@@ -114,6 +111,28 @@ class FrameLog:
         await self.stream.aclose()
 
 
+class AudioCount:
+    """Seconds of audio decoded from a remote audio track."""
+
+    def __init__(self, track: rtc.Track) -> None:
+        self.stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
+        self.samples = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async for event in self.stream:
+            self.samples += event.frame.samples_per_channel
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / 48000
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.stream.aclose()
+
+
 @dataclass
 class Inbound:
     received: int
@@ -133,6 +152,15 @@ async def video_inbound(client: Client) -> Inbound:
             total.freezes += s.inbound_rtp.inbound.freeze_count
             total.frozen += s.inbound_rtp.inbound.total_freeze_duration
     return total
+
+
+async def frames_encoded_by_rid(track: rtc.LocalVideoTrack) -> dict[str, int]:
+    """Frames the publisher's encoder produced per simulcast layer."""
+    return {
+        s.outbound_rtp.outbound.rid: s.outbound_rtp.outbound.frames_encoded
+        for s in await track.get_stats()
+        if s.HasField("outbound_rtp") and s.outbound_rtp.outbound.rid
+    }
 
 
 async def publisher_nacks(client: Client) -> int:
@@ -170,7 +198,7 @@ async def test_a_narrow_link_gets_the_layer_that_fits_then_full_resolution(tmp_p
                 video_track = (await wait_track_subscribed(subscriber, video_pub.sid)).args[0]
                 audio_track = (await wait_track_subscribed(subscriber, audio_pub.sid)).args[0]
                 frames = FrameLog(video_track)
-                audio = AudioProbe(audio_track)
+                audio = AudioCount(audio_track)
                 loop = asyncio.get_running_loop()
 
                 # Settled: three seconds of frames, all of the low layer.
@@ -191,9 +219,9 @@ async def test_a_narrow_link_gets_the_layer_that_fits_then_full_resolution(tmp_p
                     raise AssertionError(f"{e}; widths of the last frames: {last}") from None
 
                 encoded_before = (await frames_encoded_by_rid(video.track)).get("q", 0)
-                before, t0 = await video_inbound(subscriber), loop.time()
+                before, audio_before, t0 = await video_inbound(subscriber), audio.seconds, loop.time()
                 await asyncio.sleep(WINDOW)
-                after, t1 = await video_inbound(subscriber), loop.time()
+                after, audio_after, t1 = await video_inbound(subscriber), audio.seconds, loop.time()
                 encoded = (await frames_encoded_by_rid(video.track)).get("q", 0) - encoded_before
                 # Freezes as libwebrtc counts them at the decoder (a frame later than three
                 # frame times and 150 ms). Gaps between frames reaching python would also
@@ -221,7 +249,7 @@ async def test_a_narrow_link_gets_the_layer_that_fits_then_full_resolution(tmp_p
                 assert lost <= MAX_LOSS * (received + lost), (
                     f"{lost} of {received + lost} video packets lost once settled"
                 )
-                heard = sum(len(f) for f in audio.since(t0, t1)) / SAMPLE_RATE
+                heard = audio_after - audio_before
                 assert heard >= 0.9 * (t1 - t0), f"audio: {heard:.1f} s decoded in {t1 - t0:.1f} s"
 
                 # The link is widened: the estimate grows by probing, and full resolution
@@ -235,10 +263,9 @@ async def test_a_narrow_link_gets_the_layer_that_fits_then_full_resolution(tmp_p
                     what="full resolution back once the link is widened",
                 )
             finally:
-                if frames is not None:
-                    await frames.close()
-                if audio is not None:
-                    await audio.stream.aclose()
+                for probe in (frames, audio):
+                    if probe is not None:
+                        await probe.close()
                 await video.stop()
                 await tone.stop()
 
