@@ -62,6 +62,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let node_ips = addresses::advertised_ips(&config);
     let first_udp_port = config.rtc.udp_port.unwrap_or(config.rtc.port_range_start);
     let metrics = metrics::Metrics::new(threads);
+    metrics::count_panics();
     let workers = WorkerPool::start(&WorkerConfig {
         metrics: metrics.clone(),
         threads,

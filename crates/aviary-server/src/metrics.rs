@@ -21,17 +21,35 @@ pub struct WorkerLabel {
     pub worker: String,
 }
 
-/// One worker's metric handles.
-#[derive(Clone)]
-pub struct WorkerMetrics {
-    /// Datagrams (and ICE/TCP frames) received.
+/// The `worker` and `protocol` labels of the traffic counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabel {
+    /// Worker index.
+    pub worker: String,
+    /// `udp` or `tcp` (ICE/TCP).
+    pub protocol: &'static str,
+}
+
+/// What one worker carried over one transport protocol.
+#[derive(Clone, Debug, Default)]
+pub struct Traffic {
+    /// Datagrams (or ICE/TCP frames) received.
     pub packets_in: Counter,
     /// Bytes received.
     pub bytes_in: Counter,
-    /// Datagrams sent.
+    /// Datagrams (or ICE/TCP frames) sent.
     pub packets_out: Counter,
     /// Bytes sent.
     pub bytes_out: Counter,
+}
+
+/// One worker's metric handles.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Over UDP.
+    pub udp: Traffic,
+    /// Over ICE/TCP, counted apart so that a client that fell back to TCP shows.
+    pub tcp: Traffic,
     /// Datagrams dropped: no transport for them, unparseable, or a full send buffer.
     pub dropped: Counter,
     /// RTP packets received from publishers.
@@ -79,6 +97,23 @@ pub struct SignalMetrics {
     pub slow_links: Counter,
 }
 
+/// Panics anywhere in the process (counted by the hook `count_panics` installs): a
+/// caught panic ends only a room or a connection, so without this nobody would see it.
+static PANICS: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+
+/// Counts every panic in `aviary_panics_total`, then reports it as before. Installs its
+/// hook once per process however often it is called.
+pub fn count_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.inc();
+            previous(info);
+        }));
+    });
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -124,6 +159,11 @@ impl Metrics {
             "Signal links closed because the client did not read what the server sent",
             signal.slow_links.clone(),
         );
+        registry.register(
+            "panics",
+            "Panics caught in the server (each ended a room's media or a connection)",
+            PANICS.clone(),
+        );
         let webhooks = WebhookMetrics::default();
         registry.register(
             "webhooks_sent",
@@ -147,10 +187,17 @@ impl Metrics {
                 f
             }};
         }
-        let packets_in = family!("packets_in", "Datagrams received", Counter);
-        let bytes_in = family!("bytes_in", "Bytes received", Counter);
-        let packets_out = family!("packets_out", "Datagrams sent", Counter);
-        let bytes_out = family!("bytes_out", "Bytes sent", Counter);
+        macro_rules! traffic {
+            ($name:literal, $help:literal) => {{
+                let f = Family::<TrafficLabel, Counter>::default();
+                registry.register($name, $help, f.clone());
+                f
+            }};
+        }
+        let packets_in = traffic!("packets_in", "Datagrams (ICE/TCP frames) received");
+        let bytes_in = traffic!("bytes_in", "Bytes received");
+        let packets_out = traffic!("packets_out", "Datagrams (ICE/TCP frames) sent");
+        let bytes_out = traffic!("bytes_out", "Bytes sent");
         let dropped = family!("dropped_packets", "Datagrams dropped", Counter);
         let rtp_in = family!(
             "rtp_received",
@@ -210,11 +257,21 @@ impl Metrics {
                 let l = WorkerLabel {
                     worker: i.to_string(),
                 };
+                let traffic = |protocol| {
+                    let l = TrafficLabel {
+                        worker: i.to_string(),
+                        protocol,
+                    };
+                    Traffic {
+                        packets_in: packets_in.get_or_create(&l).clone(),
+                        bytes_in: bytes_in.get_or_create(&l).clone(),
+                        packets_out: packets_out.get_or_create(&l).clone(),
+                        bytes_out: bytes_out.get_or_create(&l).clone(),
+                    }
+                };
                 WorkerMetrics {
-                    packets_in: packets_in.get_or_create(&l).clone(),
-                    bytes_in: bytes_in.get_or_create(&l).clone(),
-                    packets_out: packets_out.get_or_create(&l).clone(),
-                    bytes_out: bytes_out.get_or_create(&l).clone(),
+                    udp: traffic("udp"),
+                    tcp: traffic("tcp"),
                     dropped: dropped.get_or_create(&l).clone(),
                     rtp_in: rtp_in.get_or_create(&l).clone(),
                     rtp_forwarded: rtp_forwarded.get_or_create(&l).clone(),
@@ -257,7 +314,8 @@ impl Metrics {
     pub fn bytes_total(&self) -> u64 {
         self.workers
             .iter()
-            .map(|w| w.bytes_in.get() + w.bytes_out.get())
+            .flat_map(|w| [&w.udp, &w.tcp])
+            .map(|t| t.bytes_in.get() + t.bytes_out.get())
             .sum()
     }
 
@@ -278,6 +336,10 @@ impl Metrics {
         self.rooms.set(rooms as i64);
         self.participants.set(participants as i64);
         self.published_tracks.set(tracks as i64);
+        self.encode()
+    }
+
+    fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -302,4 +364,57 @@ pub fn routes(metrics: Arc<Metrics>, manager: Arc<RoomManager>) -> axum::Router 
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn a_caught_panic_is_counted() {
+        let metrics = Metrics::new(1);
+        count_panics();
+        count_panics();
+        let before = value(&metrics.encode(), "aviary_panics_total");
+        let caught = std::panic::catch_unwind(|| panic!("a room's bug"));
+        assert!(caught.is_err());
+        // Other tests of this process may panic meanwhile; one hook counts each once.
+        assert!(value(&metrics.encode(), "aviary_panics_total") > before);
+    }
+
+    #[test]
+    fn udp_and_tcp_traffic_are_counted_apart() {
+        let metrics = Metrics::new(2);
+        metrics.workers[1].tcp.packets_in.inc_by(3);
+        metrics.workers[1].udp.bytes_out.inc_by(100);
+        let text = metrics.encode();
+        assert_eq!(
+            value(
+                &text,
+                r#"aviary_packets_in_total{worker="1",protocol="tcp"}"#
+            ),
+            3
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"aviary_packets_in_total{worker="1",protocol="udp"}"#
+            ),
+            0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"aviary_bytes_out_total{worker="1",protocol="udp"}"#
+            ),
+            100
+        );
+        assert_eq!(metrics.bytes_total(), 100);
+    }
 }

@@ -225,8 +225,12 @@ struct Net {
 
 impl Net {
     fn send(&mut self, registry: &mio::Registry, t: &aviary_sfu::Transmit) {
-        self.metrics.packets_out.inc();
-        self.metrics.bytes_out.inc_by(t.contents.len() as u64);
+        let traffic = match t.proto {
+            Protocol::Udp => &self.metrics.udp,
+            _ => &self.metrics.tcp,
+        };
+        traffic.packets_out.inc();
+        traffic.bytes_out.inc_by(t.contents.len() as u64);
         match t.proto {
             Protocol::Udp => {
                 let transmit = quinn_udp::Transmit {
@@ -525,8 +529,8 @@ impl Worker {
                 // GRO may have joined several datagrams of one sender, `stride` bytes each.
                 for datagram in slice[..meta.len].chunks(meta.stride.max(1)) {
                     read += 1;
-                    self.net.metrics.packets_in.inc();
-                    self.net.metrics.bytes_in.inc_by(datagram.len() as u64);
+                    self.net.metrics.udp.packets_in.inc();
+                    self.net.metrics.udp.bytes_in.inc_by(datagram.len() as u64);
                     self.handle_datagram(datagram, meta.addr, meta.dst_ip, Protocol::Udp, now);
                 }
             }
@@ -584,6 +588,8 @@ impl Worker {
             },
         );
         debug!(%remote, "ice-tcp connection adopted");
+        self.net.metrics.tcp.packets_in.inc();
+        self.net.metrics.tcp.bytes_in.inc_by(first.len() as u64);
         self.handle_datagram(&first, remote, local_ip, Protocol::Tcp, Instant::now());
     }
 
@@ -620,8 +626,8 @@ impl Worker {
             (conn.remote, conn.local_ip)
         };
         for frame in frames {
-            self.net.metrics.packets_in.inc();
-            self.net.metrics.bytes_in.inc_by(frame.len() as u64);
+            self.net.metrics.tcp.packets_in.inc();
+            self.net.metrics.tcp.bytes_in.inc_by(frame.len() as u64);
             self.handle_datagram(&frame, remote, local_ip, Protocol::Tcp, Instant::now());
         }
         if closed {
