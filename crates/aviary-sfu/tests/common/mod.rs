@@ -60,9 +60,31 @@ pub struct Client {
     link_free_at: Instant,
     /// Packets the router sent toward this client (before the bottleneck).
     pub sent_in: usize,
+    /// RTP datagrams delivered to this client, by payload type (SRTP leaves the header in
+    /// the clear): retransmissions show here under their RTX payload type.
+    pub rtp_pts_in: HashMap<u8, usize>,
+    /// RTP datagrams from this client that the network delivered, by payload type.
+    pub rtp_pts_out: HashMap<u8, usize>,
+}
+
+/// The payload type of an SRTP datagram (None for RTCP, STUN, DTLS).
+fn rtp_pt(data: &[u8]) -> Option<u8> {
+    let is_rtp = data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1]);
+    is_rtp.then(|| data[1] & 0x7f)
 }
 
 impl Client {
+    /// The RTX payload type this client's session pairs with `codec`'s, if negotiated.
+    pub fn rtx_pt(&self, codec: Codec) -> Option<u8> {
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == codec)
+            .and_then(|p| p.resend())
+            .map(|pt| *pt)
+    }
+
     /// Every RTP packet this client received.
     pub fn rtp(&self) -> Vec<&RtpPacket> {
         self.events
@@ -174,6 +196,8 @@ impl Sim {
             rate_in: None,
             link_free_at: self.now,
             sent_in: 0,
+            rtp_pts_in: HashMap::new(),
+            rtp_pts_out: HashMap::new(),
         });
         self.by_addr.insert(addr, idx);
         idx
@@ -404,6 +428,9 @@ impl Sim {
                         self.clients[idx].dropped_out += 1;
                         continue;
                     }
+                    if let Some(pt) = rtp_pt(&t.contents) {
+                        *self.clients[idx].rtp_pts_out.entry(pt).or_default() += 1;
+                    }
                     self.wire.push_back(Datagram {
                         at: self.now + LATENCY,
                         from: t.source,
@@ -447,6 +474,9 @@ impl Sim {
                     self.drain_router();
                 }
             } else if let Some(&idx) = self.by_addr.get(&d.to) {
+                if let Some(pt) = rtp_pt(&d.data) {
+                    *self.clients[idx].rtp_pts_in.entry(pt).or_default() += 1;
+                }
                 if let Ok(r) = Receive::new(Protocol::Udp, d.from, d.to, &d.data) {
                     let _ = self.clients[idx]
                         .rtc
