@@ -137,6 +137,11 @@ function chromiumFlags(userDataDir) {
     '--remote-debugging-pipe',
     '--no-startup-window',
   ];
+  // The microphone plays this WAV (looping) instead of the fake device's beep, so that a
+  // subscriber can check it hears the page's tone.
+  if (process.env.AVIARY_FAKE_AUDIO) {
+    flags.push(`--use-file-for-fake-audio-capture=${process.env.AVIARY_FAKE_AUDIO}`);
+  }
   if (process.env.AVIARY_CHROMIUM_NO_MDNS_FLAG !== '1') {
     // Chromium hides the host candidates of a page without camera/microphone
     // permission behind random "<uuid>.local" mDNS names. The server cannot

@@ -19,8 +19,11 @@ import json
 import os
 import shutil
 import signal
+import wave
 from pathlib import Path
 from typing import Any, Optional
+
+import numpy as np
 
 from harness import REPO_ROOT
 
@@ -50,6 +53,37 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
+def selected_protocols(pcs: list[dict[str, Any]]) -> list[str]:
+    """The protocol of the local candidate of each peer connection's selected pair (the
+    nominated one that succeeded), from the page's `peerConnections` stats."""
+    found = []
+    for pc in pcs:
+        local = {c["id"]: c for c in pc.get("local", [])}
+        for pair in pc.get("pairs", []):
+            if pair["state"] == "succeeded" and pair["nominated"] and pair["local"] in local:
+                found.append(local[pair["local"]]["protocol"])
+    return found
+
+
+# What the pages' microphones play (Chromium's fake capture device reads it, looping).
+PAGE_TONE_HZ = 660.0
+
+
+def tone_wav(directory: Path, frequency: float = PAGE_TONE_HZ, seconds: float = 2.0) -> Path:
+    """A 16-bit 48 kHz mono WAV of a sine tone, written once."""
+    path = directory / f"page-tone-{int(frequency)}.wav"
+    if not path.exists():
+        rate = 48000
+        n = int(rate * seconds)  # a whole number of periods at 660 Hz: no click at the loop
+        samples = (np.sin(2 * np.pi * frequency * np.arange(n) / rate) * 0.5 * 32767).astype("<i2")
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(samples.tobytes())
+    return path
+
+
 class PageError(AssertionError):
     """A page function failed (threw, or ran out of its time bound)."""
 
@@ -68,6 +102,10 @@ class Page:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._log = None
+        # What Browsers checks at the end of a passing test: the ICE transport every peer
+        # connection selected, and that the SDK never reconnected unless the test made it.
+        self.transport = "udp"
+        self.interruptions_expected = False
 
     @property
     def pid(self) -> Optional[int]:
@@ -79,6 +117,7 @@ class Page:
         self._log.write(f"$ node {DRIVER}  ({self.label})\n".encode())
         self._log.flush()
         env = dict(os.environ)
+        env["AVIARY_FAKE_AUDIO"] = str(tone_wav(self.log_path.parent))
         if self.url:
             env["AVIARY_PAGE_URL"] = self.url
         self.proc = await asyncio.create_subprocess_exec(
@@ -134,6 +173,26 @@ class Page:
                 raise PageError(f"{self.label}: {fn} failed: {answer.get('error')}")
             return answer.get("value")
 
+    async def check(self) -> list[str]:
+        """What the SDK in this page would hide: reconnects the test did not cause, and
+        peer connections on another transport than `transport`."""
+        if self.proc is None or self.proc.returncode is not None or self.url:
+            return []  # gone, or another page than ours (no test functions in it)
+        problems = []
+        if not self.interruptions_expected:
+            names = [e["name"] for e in await self.call("events")]
+            unasked = [n for n in names if n in ("reconnecting", "signalReconnecting", "disconnected")]
+            if unasked:
+                problems.append(f"{self.label}: connection interrupted unasked: {unasked}")
+        selected = selected_protocols((await self.call("peerConnections"))["stats"])
+        wrong = [p for p in selected if p != self.transport]
+        if wrong:
+            problems.append(
+                f"{self.label}: selected candidate pairs use {selected}, expected {self.transport} "
+                "(libwebrtc falls back to ICE/TCP when UDP fails)"
+            )
+        return problems
+
     async def close(self) -> None:
         """Close stdin (the driver then closes Chromium and exits); end it by
         pid if it does not."""
@@ -186,8 +245,13 @@ class Browsers:
     async def __aenter__(self) -> "Browsers":
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            if exc_type is None:
+                problems = [p for page in self.pages for p in await page.check()]
+                assert not problems, "\n".join(problems)
+        finally:
+            await self.close()
 
     async def open(self, label: str = "page", url: Optional[str] = None) -> Page:
         missing = missing_prerequisites()

@@ -27,7 +27,7 @@ import pytest
 
 import media_fixtures
 from browser import Browsers
-from harness import NODE_IP, TEST_TIMEOUT, Server
+from harness import NODE_IP, STARTED_SERVERS, TEST_TIMEOUT, Server
 
 # Room timeouts for the server that checks them from its configuration.
 SHORT_TIMEOUTS_CONFIG = "room: {empty_timeout: 2, departure_timeout: 1}"
@@ -188,6 +188,21 @@ def server(_server_slots: dict[str, _ServerSlot]) -> Iterator[Server]:
 def short_server(_server_slots: dict[str, _ServerSlot]) -> Iterator[Server]:
     """`aviary serve --dev --config-body 'room: {empty_timeout: 2, departure_timeout: 1}'`."""
     yield from _use_server(_server_slots["short_server"])
+
+
+@pytest.fixture(autouse=True)
+def no_server_panics() -> Iterator[None]:
+    """Fails a test during which any server it used panicked. The server survives a
+    caught panic (a room's router, a connection) and the SDKs rejoin by themselves, so
+    without this such a test would pass."""
+    offsets = {id(s): s.log_size() for s in STARTED_SERVERS}
+    yield
+    found = []
+    for s in STARTED_SERVERS:
+        for report in s.panics_since(offsets.get(id(s), 0)):
+            found.append(f"{s.log_path}:\n{report}")
+    if found:
+        pytest.fail("the server panicked during this test:\n" + "\n\n".join(found))
 
 
 # --------------------------------------------------------------------------

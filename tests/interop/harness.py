@@ -11,6 +11,7 @@ import base64
 import inspect
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -98,6 +99,15 @@ def free_udp_range(count: int = UDP_PORTS_PER_SERVER) -> int:
     raise RuntimeError("could not find a free UDP port range")
 
 
+# Every server started in this process, so that a test's teardown can read what each
+# logged during the test (conftest.py fails a test whose servers panicked).
+STARTED_SERVERS: list["Server"] = []
+
+# What Rust's panic hook prints. A caught panic (a room's router, a connection task) keeps
+# the process alive and the SDKs recover from it silently, so only the log shows it.
+PANIC_MARK = re.compile(r"panicked at ")
+
+
 class Server:
     """One `aviary serve --dev` process on free ports."""
 
@@ -166,6 +176,7 @@ class Server:
         env.setdefault("RUST_BACKTRACE", "1")
         env.update(self.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        STARTED_SERVERS.append(self)
         with open(self.log_path, "ab") as log:
             log.write(f"$ {' '.join(self.argv())}\n".encode())
             log.flush()
@@ -221,6 +232,24 @@ class Server:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except ProcessLookupError:
             pass
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def panics_since(self, offset: int) -> list[str]:
+        """The panic reports in the log after byte `offset`, each with the lines after it."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [
+            "\n".join(lines[i : i + 4]) for i, line in enumerate(lines) if PANIC_MARK.search(line)
+        ]
 
     def log_tail(self, lines: int = 150) -> str:
         try:
@@ -536,6 +565,12 @@ class Client:
         self.label = label
         self.room = rtc.Room()
         self.events: list[Event] = []
+        # Event names the test looked at: a reconnect or a disconnect the test did not
+        # look for is the SDK hiding a server fault, and fails the test (Clients.close).
+        self.looked_at: set[str] = set()
+        # The ICE transport its peer connections must have selected ("udp" unless the
+        # test forces ICE/TCP).
+        self.transport = "udp"
         for name in RECORDED_EVENTS:
             self.room.on(name, self._recorder(name))
 
@@ -556,7 +591,24 @@ class Client:
         await asyncio.wait_for(self.room.connect(url, token, options or rtc.RoomOptions()), timeout)
 
     def seen(self, name: str, where: Optional[Callable[[Event], bool]] = None) -> list[Event]:
+        self.looked_at.add(name)
         return [e for e in self.events if e.name == name and (where is None or where(e))]
+
+    def expect(self, *names: str) -> None:
+        """Says the test causes these events (a reconnect, a disconnect) on purpose."""
+        self.looked_at.update(names)
+
+    def unasked_interruptions(self) -> list[str]:
+        """Connection changes the test neither caused (by disconnecting) nor looked at."""
+        found = []
+        reconnect_ok = self.looked_at & {"reconnecting", "reconnected", "connection_state_changed"}
+        disconnect_ok = self.looked_at & {"disconnected", "connection_state_changed"}
+        for e in self.events:
+            if e.name in ("reconnecting", "reconnected") and not reconnect_ok:
+                found.append(e.name)
+            elif e.name == "disconnected" and not disconnect_ok:
+                found.append(f"disconnected {e.args}")
+        return found
 
     async def wait_event(
         self,
@@ -577,11 +629,54 @@ class Client:
     def disconnect_reasons(self) -> list[Any]:
         return [e.args[0] if e.args else None for e in self.seen("disconnected")]
 
+    async def selected_transports(self) -> dict[str, str]:
+        """The protocol ("udp"/"tcp") of the candidate pair each of the client's peer
+        connections selected, by "publisher"/"subscriber" (those with one)."""
+        stats = await self.room.get_rtc_stats()
+        return {
+            side: proto
+            for side, reports in (
+                ("publisher", stats.publisher_stats),
+                ("subscriber", stats.subscriber_stats),
+            )
+            if (proto := selected_protocol(reports)) is not None
+        }
+
     async def disconnect(self) -> None:
+        self.expect("disconnected")
         try:
             await asyncio.wait_for(self.room.disconnect(), DISCONNECT_TIMEOUT)
         except Exception:
             pass
+
+
+def selected_protocol(reports: list[Any]) -> Optional[str]:
+    """The protocol of the local candidate in a peer connection's selected pair, from its
+    stats reports; None when it has no selected pair (not connected)."""
+    local = {}
+    pairs = {}
+    selected_ids = []
+    for r in reports:
+        kind = r.WhichOneof("stats")
+        if kind == "local_candidate":
+            local[r.local_candidate.rtc.id] = r.local_candidate.candidate.protocol
+        elif kind == "candidate_pair":
+            pairs[r.candidate_pair.rtc.id] = r.candidate_pair.candidate_pair
+        elif kind == "transport" and r.transport.transport.selected_candidate_pair_id:
+            selected_ids.append(r.transport.transport.selected_candidate_pair_id)
+    if not selected_ids:
+        # no transport report names it: the nominated pair that succeeded
+        selected_ids = [
+            pid
+            for pid, p in pairs.items()
+            if p.nominated and p.state == rtc.stats.IceCandidatePairState.PAIR_SUCCEEDED
+        ]
+    protocols = {local.get(pairs[pid].local_candidate_id) for pid in selected_ids if pid in pairs}
+    protocols.discard(None)
+    if not protocols:
+        return None
+    assert len(protocols) == 1, f"several selected pairs on one connection: {protocols}"
+    return protocols.pop()
 
 
 class Clients:
@@ -598,8 +693,34 @@ class Clients:
     async def __aenter__(self) -> "Clients":
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            if exc_type is None:
+                await self.check()
+        finally:
+            await self.close()
+
+    async def check(self) -> None:
+        """Fails on what the SDK would hide: a connection that left CONNECTED without the
+        test asking, or a peer connection on another transport than the test's."""
+        problems = []
+        for c in self._all:
+            unasked = c.unasked_interruptions()
+            if unasked:
+                problems.append(f"{c.label}: connection interrupted unasked: {unasked}")
+            if c.room.isconnected():
+                try:
+                    selected = await asyncio.wait_for(c.selected_transports(), HTTP_TIMEOUT)
+                except Exception as e:  # a client the test left mid-reconnect
+                    problems.append(f"{c.label}: no transport stats: {e!r}")
+                    continue
+                wrong = {side: p for side, p in selected.items() if p != c.transport}
+                if wrong:
+                    problems.append(
+                        f"{c.label}: selected candidate pairs {selected}, expected {c.transport} "
+                        "(libwebrtc falls back to ICE/TCP when UDP fails)"
+                    )
+        assert not problems, "\n".join(problems)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.disconnect() for c in self._all), return_exceptions=True)
@@ -614,6 +735,15 @@ class Clients:
         await client.connect(self.server.ws_url, self.server.token(identity, room, **token_kwargs))
         return client
 
+    async def meet(self, room: str, *identities: str) -> list[Client]:
+        """Joins each identity in turn; returns once the last has seen the others."""
+        clients = [await self.join(room, i) for i in identities]
+        await wait_until(
+            lambda: set(identities[:-1]) <= set(clients[-1].room.remote_participants),
+            what=f"{identities[-1]} to see {identities[:-1]}",
+        )
+        return clients
+
     async def join_with_token(self, token: str, label: str = "client") -> Client:
         client = self.new(label)
         await client.connect(self.server.ws_url, token)
@@ -623,6 +753,7 @@ class Clients:
         """Connect with `token`, expect the SDK's connect to fail (not to hang
         past the bound), and return the exception."""
         client = self.new(label)
+        client.expect("disconnected")
         try:
             await asyncio.wait_for(
                 self.room_connect(client, token), FAILED_CONNECT_TIMEOUT
@@ -934,23 +1065,40 @@ class AudioProbe:
         self,
         *,
         since: float,
+        subscriber: "Client",
+        control: "AudioProbe",
+        frequency: float,
         window: float = 1.0,
         timeout: float = MEDIA_TIMEOUT,
         what: str = "silence",
     ) -> ToneReport:
-        """Wait for a `window`-long stretch after `since` in which at most a
-        tenth of the received audio (if any arrived at all) is loud."""
+        """Wait for a `window`-long stretch after `since` in which at most a tenth of the
+        received audio is loud, while `subscriber` (whose stream this is) is still
+        connected with its subscriber connection up (forwarding stopped, not the
+        connection destroyed) and `control`, another subscriber of the same tone, still
+        hears it in the same stretch (the publisher still sends)."""
         deadline = self._loop.time() + timeout
         while True:
             now = self._loop.time()
             if now - window >= since:
                 report = self.report(now - window, now)
-                if report.loud_seconds <= 0.1 * window:
+                heard = control.report(now - window, now)
+                if report.loud_seconds <= 0.1 * window and heard.has_tone(
+                    frequency, min_seconds=0.5 * window
+                ):
+                    assert subscriber.room.isconnected(), f"{subscriber.label} is disconnected"
+                    transports = await subscriber.selected_transports()
+                    assert "subscriber" in transports, (
+                        f"{subscriber.label}'s subscriber connection is down ({transports}): "
+                        f"the silence is a dead connection, not {what}"
+                    )
                     return report
             if now >= deadline:
                 raise AssertionError(
-                    f"{self.label}: the audio did not stop within {timeout}s for {what}; "
-                    f"the last {window}s: {self.report(now - window, now).describe()}"
+                    f"{self.label}: no silence while {control.label} hears {frequency} Hz "
+                    f"within {timeout}s for {what}; the last {window}s: "
+                    f"{self.label}: {self.report(now - window, now).describe()}; "
+                    f"{control.label}: {control.report(now - window, now).describe()}"
                 )
             await asyncio.sleep(0.1)
 
@@ -1020,14 +1168,18 @@ async def within(awaitable: Awaitable[Any], timeout: float, what: str) -> Any:
 
 
 class TcpProxy:
-    """Forwards TCP connections made to NODE_IP:<port> to `target_port` on
-    NODE_IP, both ways; `cut()` resets every connection it carries at once, as
+    """Forwards TCP connections made to NODE_IP:<port> (or `listen`) to `target_port` on
+    NODE_IP (or `target_host`), both ways; `cut()` resets every connection it carries at once, as
     a network path that drops them would (a Wi-Fi handover, a proxy recycling
     its connections). New connections are forwarded as before. Runs on the
     test's event loop."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(
+        self, target_port: int, *, listen: tuple[str, int] = (NODE_IP, 0), target_host: str = NODE_IP
+    ) -> None:
         self.target_port = target_port
+        self.target_host = target_host
+        self.listen = listen
         self.port = 0
         self.connections = 0  # accepted so far
         self.cuts = 0  # connections reset by cut()
@@ -1040,7 +1192,7 @@ class TcpProxy:
         return f"ws://{NODE_IP}:{self.port}"
 
     async def start(self) -> "TcpProxy":
-        self._server = await asyncio.start_server(self._handle, NODE_IP, 0)
+        self._server = await asyncio.start_server(self._handle, *self.listen)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -1048,7 +1200,7 @@ class TcpProxy:
         self.connections += 1
         try:
             up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(NODE_IP, self.target_port), HTTP_TIMEOUT
+                asyncio.open_connection(self.target_host, self.target_port), HTTP_TIMEOUT
             )
         except (OSError, asyncio.TimeoutError):
             writer.close()

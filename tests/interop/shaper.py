@@ -91,29 +91,42 @@ class Shaper:
 
 
 @contextlib.contextmanager
-def shaped_server(tmp_path: Path, *shaper_args: str) -> Iterator[tuple[Server, Shaper]]:
-    """A server whose clients' media crosses `aviary netem <shaper_args>`."""
+def shaper_address() -> Iterator[None]:
+    """SHAPER_IP on the namespace's veth for the block's time."""
     added = subprocess.run(
         ["ip", "addr", "add", f"{SHAPER_IP}/32", "dev", VETH], capture_output=True, text=True
     )
     if added.returncode != 0 and "File exists" not in added.stderr:
         raise RuntimeError(f"cannot put {SHAPER_IP} on {VETH}: {added.stderr.strip()}")
-    server: Optional[Server] = None
-    shaper: Optional[Shaper] = None
     try:
-        server = Server(tmp_path / "server.log")
-        server.bind_ip = NODE_IP
-        server.node_ip = SHAPER_IP
-        server.start()
-        shaper = Shaper(server, tmp_path / "netem", *shaper_args).start()
-        yield server, shaper
+        yield
     finally:
-        if shaper is not None:
-            shaper.stop()
-        if server is not None:
-            server.stop()
         if added.returncode == 0:
             subprocess.run(["ip", "addr", "del", f"{SHAPER_IP}/32", "dev", VETH], capture_output=True)
+
+
+@contextlib.contextmanager
+def server_behind_shaper_address(log_path: Path, extra_args: Optional[list[str]] = None) -> Iterator[Server]:
+    """A server that binds NODE_IP and advertises SHAPER_IP, where nothing listens yet."""
+    with shaper_address():
+        server = Server(log_path, extra_args)
+        server.bind_ip = NODE_IP
+        server.node_ip = SHAPER_IP
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def shaped_server(tmp_path: Path, *shaper_args: str) -> Iterator[tuple[Server, Shaper]]:
+    """A server whose clients' media crosses `aviary netem <shaper_args>`."""
+    with server_behind_shaper_address(tmp_path / "server.log") as server:
+        shaper = Shaper(server, tmp_path / "netem", *shaper_args).start()
+        try:
+            yield server, shaper
+        finally:
+            shaper.stop()
 
 
 def in_namespace() -> bool:

@@ -17,10 +17,11 @@ import pytest
 from livekit import rtc
 from livekit.rtc.participant import PublishTrackError
 
-from browser import Browsers, Page, PageError
+from browser import PAGE_TONE_HZ, Browsers, Page, PageError
 from harness import (
     CONNECT_TIMEOUT,
     EVENT_TIMEOUT,
+    AudioProbe,
     Clients,
     Server,
     http_request,
@@ -195,38 +196,54 @@ async def test_page_publishes_camera_and_microphone_to_python(
         except AssertionError as e:
             raise AssertionError(f"{e}; page sender stats: {await page.call('publisherStats')}") from None
 
-        sizes: collections.Counter[tuple[int, int]] = collections.Counter()
+        # The microphone: Chromium's fake device plays the page's tone file.
+        probe = AudioProbe(subscribed["audio"], "py-sub")
         stream = rtc.VideoStream(subscribed["video"])
+        decoded: list[tuple[int, int]] = []
+
+        async def read_frames() -> None:
+            async for ev in stream:
+                decoded.append((ev.frame.width, ev.frame.height))
+
+        reader = asyncio.get_running_loop().create_task(read_frames())
         try:
-            async def read_frames() -> None:
-                async for ev in stream:
-                    sizes[(ev.frame.width, ev.frame.height)] += 1
-                    if sum(sizes.values()) >= FRAMES:
-                        return
+            await probe.wait_for_tone(PAGE_TONE_HZ, min_seconds=1.0, what="the page's microphone at python")
+            await wait_until(
+                lambda: len(decoded) >= FRAMES,
+                timeout=MEDIA_TIMEOUT,
+                what=f"python to decode {FRAMES} video frames from the page",
+            )
+
+            # Python asked for the best quality: what it decodes must become the largest
+            # layer the page sends now (with simulcast, Chromium starts the top layer only
+            # once its bandwidth estimate allows, so wait for it).
+            async def best_layer_decoded() -> bool:
+                sent = await page.call("publisherStats")
+                active = [
+                    (o["frameWidth"], o["frameHeight"])
+                    for t in sent
+                    if t["kind"] == "video"
+                    for o in (t["stats"] or {}).get("outbound", [])
+                    if o.get("frameWidth") and o.get("active", True)
+                ]
+                return bool(active) and decoded[-1] == max(active)
 
             try:
-                await asyncio.wait_for(read_frames(), MEDIA_TIMEOUT)
-            except asyncio.TimeoutError:
+                await wait_until(best_layer_decoded, timeout=MEDIA_TIMEOUT, interval=0.5,
+                                 what="python to decode the page's largest layer")
+            except AssertionError as e:
                 raise AssertionError(
-                    f"python decoded {sum(sizes.values())} of {FRAMES} video frames from the page "
-                    f"within {MEDIA_TIMEOUT}s (sizes {dict(sizes)}); page sender stats: "
+                    f"{e}: decoded {collections.Counter(decoded)}; page sends "
                     f"{await page.call('publisherStats')}"
                 ) from None
         finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             await stream.aclose()
-
-        # The frames are the size the page's encoder sends: Chromium may send
-        # less than the camera's 640x360 while its bandwidth estimate is low,
-        # but always the camera's 16:9 shape, never more.
-        sent = await page.call("publisherStats")
-        video_out = [o for t in sent if t["kind"] == "video" for o in (t["stats"] or {}).get("outbound", [])]
-        sent_sizes = {(o.get("frameWidth"), o.get("frameHeight")) for o in video_out}
-        for (w, h), n in sizes.items():
+            await probe.close()
+        for w, h in set(decoded):
             assert w <= PAGE_VIDEO["width"] and h <= PAGE_VIDEO["height"], (w, h)
-            assert abs(w * 9 - h * 16) <= 16, f"frames of {w}x{h} are not 16:9: {dict(sizes)}"
-        assert max(sizes, key=sizes.get) in sent_sizes or len(sizes) > 1, (
-            f"python decoded {dict(sizes)}, the page sends {sent_sizes}"
-        )
+            assert abs(w * 9 - h * 16) <= 16, f"frames of {w}x{h} are not 16:9: {collections.Counter(decoded)}"
 
 
 async def publish_python_video(room: rtc.Room, stop: asyncio.Event) -> asyncio.Task:
@@ -276,6 +293,15 @@ async def page_seeing_python_video(server: Server, clients: Clients, browsers: B
         if feeder is not None:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
+
+
+async def frames_from_python(page: Page) -> dict:
+    """Waits for the page to subscribe to py-pub's video and decode FRAMES of it; returns
+    its inbound stats."""
+    await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5)
+    return await page.call(
+        "waitForFramesDecoded", "py-pub", FRAMES, MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5
+    )
 
 
 async def test_page_subscribes_to_python_video(server: Server, browsers: Browsers) -> None:
@@ -373,10 +399,7 @@ async def test_page_resubscribing_reuses_its_m_section(server: Server, browsers:
     room = unique("web-resub")
     async with Clients(server) as clients, browsers:
         async with page_seeing_python_video(server, clients, browsers, room) as page:
-            await page.call("waitForTrack", "py-pub", "video", MEDIA_TIMEOUT * 1000,
-                            timeout=MEDIA_TIMEOUT + 5)
-            stats = await page.call("waitForFramesDecoded", "py-pub", FRAMES,
-                                    MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5)
+            stats = await frames_from_python(page)
             [before] = await page.call("subscriberSession")
             for cycle in range(3):
                 await page.call("setSubscribed", "py-pub", "video", False, EVENT_TIMEOUT * 1000)
@@ -392,3 +415,42 @@ async def test_page_resubscribing_reuses_its_m_section(server: Server, browsers:
                 )
                 assert now["transceivers"] == before["transceivers"], (cycle, before, now)
                 assert now["receiving"] == before["receiving"], (cycle, before, now)
+
+
+async def test_page_disabling_a_track_stops_its_media_until_enabled(
+    server: Server, browsers: Browsers
+) -> None:
+    """publication.setEnabled(false) (UpdateTrackSettings.disabled) keeps the subscription
+    but the server stops forwarding: the page's received media bytes and frames stop
+    growing (BWE padding carries no payload and is not counted), and grow again, decoded,
+    after setEnabled(true)."""
+    room = unique("web-disable")
+    async with Clients(server) as clients, browsers:
+        async with page_seeing_python_video(server, clients, browsers, room) as page:
+            stats = await frames_from_python(page)
+            state = await page.call("setEnabled", "py-pub", "video", False)
+            assert state["subscribed"] and not state["enabled"], state
+
+            async def received() -> tuple[int, int]:
+                s = (await page.call("receiverStats", "py-pub", "video"))["inbound"]
+                return s["bytesReceived"], s["framesReceived"]
+
+            # Stopped: nothing over a second, while python keeps publishing.
+            last = [await received()]
+
+            async def still() -> bool:
+                await asyncio.sleep(1.0)
+                now = await received()
+                done = now == last[-1]
+                last.append(now)
+                return done
+
+            await wait_until(still, timeout=EVENT_TIMEOUT, what=f"the disabled track's media to stop: {last}")
+            stopped_at = last[-1]
+            await asyncio.sleep(1.0)
+            assert await received() == stopped_at, "media arrived for a disabled track"
+
+            await page.call("setEnabled", "py-pub", "video", True)
+            after = await page.call("waitForFramesDecoded", "py-pub", stats["framesDecoded"] + FRAMES,
+                                    MEDIA_TIMEOUT * 1000, timeout=MEDIA_TIMEOUT + 5)
+            assert after["bytesReceived"] > stopped_at[0], after

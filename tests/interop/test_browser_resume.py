@@ -84,6 +84,7 @@ async def test_signal_reconnect_resumes_the_same_session(server: Server, browser
     async with Clients(server) as clients, browsers:
         py = await clients.join(room, "py")
         page = await browsers.open("web")
+        page.interruptions_expected = True  # the test breaks the connection itself
         joined = await connect_page(page, server, room, "web")
         clock = await page_camera_in_python(py, page)
         try:
@@ -133,6 +134,7 @@ async def test_a_second_signal_break_on_resume_is_resumed_again(
     async with Clients(server) as clients, browsers:
         py = await clients.join(room, "py")
         page = await browsers.open("web")
+        page.interruptions_expected = True  # the test breaks the connection itself
         joined = await connect_page(page, server, room, "web")
         clock = await page_camera_in_python(py, page)
         try:
@@ -172,6 +174,7 @@ async def test_a_resume_the_client_fails_ends_in_a_full_reconnect(
     async with Clients(server) as clients, browsers:
         py = await clients.join(room, "py")
         page = await browsers.open("web")
+        page.interruptions_expected = True  # the test breaks the connection itself
         joined = await connect_page(page, server, room, "web")
         clock = await page_camera_in_python(py, page)
         await clock.close()

@@ -11,6 +11,7 @@ synthetic input, without a server.
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 
 import pytest
 
@@ -494,17 +495,26 @@ async def test_room_service_send_data_reaches_the_named_participants(server: Ser
 
 
 async def test_client_unsubscribe_stops_the_track(server: Server) -> None:
-    """The subscriber's own UpdateSubscription (set_subscribed(False)) ends the subscription."""
+    """The subscriber's own UpdateSubscription (set_subscribed(False)) stops the audio
+    reaching it while another subscriber keeps hearing it; set_subscribed(True) brings
+    it back."""
     room = unique("client-unsub")
+    probes: list[AudioProbe] = []
     async with Clients(server) as clients:
         alice = await clients.join(room, "alice")
         bob = await clients.join(room, "bob")
+        carol = await clients.join(room, "carol")
         await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
         sender, publication = await publish_tone(alice)
+        loop = asyncio.get_running_loop()
         try:
-            await wait_track_subscribed(bob, publication.sid)
+            for c in (bob, carol):
+                sub = await wait_track_subscribed(c, publication.sid)
+                probes.append(AudioProbe(sub.args[0], c.label))
+                await probes[-1].wait_for_tone(TONE_HZ, min_seconds=0.5, what=f"the tone at {c.label}")
             remote_pub = bob.room.remote_participants["alice"].track_publications[publication.sid]
             remote_pub.set_subscribed(False)
+            off_at = loop.time()
             await wait_until(
                 lambda: any(
                     e.name == "track_unsubscribed" and e.args[1].sid == publication.sid
@@ -514,8 +524,61 @@ async def test_client_unsubscribe_stops_the_track(server: Server) -> None:
                 what="bob's track_unsubscribed after set_subscribed(False)",
             )
             assert publication.sid in bob.room.remote_participants["alice"].track_publications
+            # The SDK ends the local track at once; what the server still sends shows in
+            # bob's inbound audio counters, which must stop growing.
+            await wait_until(
+                inbound_audio_stopped(bob),
+                timeout=SUBSCRIBE_TIMEOUT,
+                interval=0.5,
+                what="the server to stop sending alice's audio to bob",
+            )
+            assert probes[1].report(off_at).has_tone(TONE_HZ, min_seconds=0.5), (
+                f"carol stopped hearing alice too: {probes[1].report(off_at).describe()}"
+            )
+
+            # Subscribing again: the server sends the track again on its m-line. (The
+            # python SDK 1.2.1 does not hand the resumed track to the app: no second
+            # track_subscribed, so what arrives is counted in its RTP stats.)
+            stopped = await inbound_audio_packets(bob)
+            remote_pub.set_subscribed(True)
+            await wait_until(
+                lambda: inbound_audio_grew(bob, stopped, by=100),
+                timeout=SUBSCRIBE_TIMEOUT,
+                what="alice's audio to reach bob again after set_subscribed(True)",
+            )
+            sender.check()
         finally:
+            for p in probes:
+                await p.close()
             await sender.stop()
+
+
+async def inbound_audio_packets(client: Client) -> int:
+    """Audio RTP packets the client's subscriber connection received, over all streams."""
+    stats = await client.room.get_rtc_stats()
+    return sum(
+        s.inbound_rtp.received.packets_received
+        for s in stats.subscriber_stats
+        if s.HasField("inbound_rtp") and s.inbound_rtp.stream.kind == "audio"
+    )
+
+
+async def inbound_audio_grew(client: Client, since: int, *, by: int) -> bool:
+    return await inbound_audio_packets(client) >= since + by
+
+
+def inbound_audio_stopped(client: Client) -> Callable[[], Awaitable[bool]]:
+    """A probe for wait_until: true once the client's inbound audio packet count did not
+    move between two calls."""
+    last: list[int] = []
+
+    async def stopped() -> bool:
+        received = await inbound_audio_packets(client)
+        done = bool(last) and received == last[-1]
+        last.append(received)
+        return done
+
+    return stopped
 
 
 async def test_data_goes_only_to_its_destination_identities(server: Server) -> None:
@@ -650,6 +713,7 @@ async def _unsubscribe_bob(
     room = unique("unsub")
     alice = await clients.join(room, "alice")
     bob = await clients.join(room, "bob")
+    carol = await clients.join(room, "carol")  # stays subscribed: the positive control
     await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
 
     sender, publication = await publish_tone(alice)
@@ -657,9 +721,12 @@ async def _unsubscribe_bob(
     try:
         sub = await wait_track_subscribed(bob, sid)
         probes.append(AudioProbe(sub.args[0], "bob"))
-        await probes[0].wait_for_tone(
-            TONE_HZ, min_seconds=0.5, what="alice's tone before unsubscribing"
-        )
+        control = await wait_track_subscribed(carol, sid)
+        probes.append(AudioProbe(control.args[0], "carol"))
+        for p in probes:
+            await p.wait_for_tone(
+                TONE_HZ, min_seconds=0.5, what=f"alice's tone at {p.label} before unsubscribing"
+            )
 
         await lk.room.update_subscriptions(
             api.UpdateSubscriptionsRequest(
@@ -668,7 +735,11 @@ async def _unsubscribe_bob(
         )
         off_at = asyncio.get_running_loop().time()
         await probes[0].wait_for_silence(
-            since=off_at, what="UpdateSubscriptions(subscribe=False) to stop alice's audio to bob"
+            since=off_at,
+            subscriber=bob,
+            control=probes[1],
+            frequency=TONE_HZ,
+            what="UpdateSubscriptions(subscribe=False) to stop alice's audio to bob",
         )
         sender.check()
         assert (
@@ -817,7 +888,8 @@ async def test_revoked_permissions_end_publishing_and_subscribing(server: Server
             sub = await wait_track_subscribed(carol, publication.sid)
             probes.append(AudioProbe(sub.args[0], "carol"))
             await probes[0].wait_for_tone(TONE_HZ, min_seconds=0.5, what="alice's tone at carol")
-            await wait_track_subscribed(bob, publication.sid)
+            control = await wait_track_subscribed(bob, publication.sid)
+            probes.append(AudioProbe(control.args[0], "bob"))
 
             # carol may no longer subscribe: the tone stops reaching her, alice still publishes.
             await lk.room.update_participant(
@@ -827,7 +899,10 @@ async def test_revoked_permissions_end_publishing_and_subscribing(server: Server
                 )
             )
             off_at = asyncio.get_running_loop().time()
-            await probes[0].wait_for_silence(since=off_at, what="carol's audio to stop")
+            await probes[0].wait_for_silence(
+                since=off_at, subscriber=carol, control=probes[1], frequency=TONE_HZ,
+                what="carol's audio to stop",
+            )
             assert remote_publication(bob, "alice", publication.sid) is not None
 
             # alice may no longer publish: her track ends for everyone.

@@ -42,6 +42,16 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
+def scrape_by_protocol(port: int, protocol: str) -> dict[str, float]:
+    """Totals of the series labelled with this transport protocol."""
+    totals: dict[str, float] = {}
+    for line in scrape_text(port).splitlines():
+        m = re.match(r"^([a-z_]+)\{[^}]*protocol=\"" + protocol + r"\"[^}]*\} ([0-9.e+-]+)$", line)
+        if m:
+            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(2))
+    return totals
+
+
 async def test_metrics_count_rooms_tracks_and_packets(tmp_path: Path) -> None:
     port = free_port(socket.SOCK_STREAM)
     server = Server(tmp_path / "metrics-server.log", ["--prometheus-port", str(port)]).start()
@@ -49,6 +59,7 @@ async def test_metrics_count_rooms_tracks_and_packets(tmp_path: Path) -> None:
         before = scrape(port)
         assert before["aviary_rooms"] == 0 and before["aviary_participants"] == 0
         assert before.get("aviary_rtp_forwarded_total", 0) == 0
+        assert before["aviary_panics_total"] == 0
         room = unique("metrics")
         async with Clients(server) as clients:
             alice = await clients.join(room, "alice")
@@ -73,8 +84,15 @@ async def test_metrics_count_rooms_tracks_and_packets(tmp_path: Path) -> None:
                 assert m["aviary_packets_in_total"] > m["aviary_rtp_received_total"]
                 assert m["aviary_packets_out_total"] > m["aviary_rtp_forwarded_total"]
                 assert m["aviary_bytes_out_total"] > 0 and m["aviary_bytes_in_total"] > 0
+                # every client here is on UDP: nothing went over ICE/TCP
+                tcp = scrape_by_protocol(port, "tcp")
+                assert tcp.get("aviary_packets_in_total", 0) == 0, tcp
+                assert tcp.get("aviary_packets_out_total", 0) == 0, tcp
+                udp = scrape_by_protocol(port, "udp")
+                assert udp["aviary_packets_in_total"] == m["aviary_packets_in_total"], udp
                 assert m["aviary_forwarding_delay_seconds_count"] > 0
                 assert m["aviary_worker_busy_microseconds_total"] > 0
+                assert m["aviary_panics_total"] == 0
             finally:
                 await sender.stop()
         await wait_until(
@@ -124,7 +142,9 @@ async def test_metrics_port_from_config_counts_keyframe_requests_drops_and_worke
                     what="a keyframe request to the publisher in /metrics",
                 )
                 text = scrape_text(port)
-                workers = set(re.findall(r'^aviary_packets_in_total\{worker="(\d+)"\}', text, re.M))
+                workers = set(
+                    re.findall(r'^aviary_packets_in_total\{worker="(\d+)",protocol="udp"\}', text, re.M)
+                )
                 assert workers == {str(w) for w in range(WORKERS)}, f"per-worker series: {sorted(workers)}"
                 buckets = re.findall(r'^aviary_forwarding_delay_seconds_bucket\{[^}]*le="([^"]+)"', text, re.M)
                 assert len(set(buckets)) >= 5 and "+Inf" in buckets, buckets

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 from livekit import api, rtc
+from livekit.protocol import rtc as sig
 
 from harness import EVENT_TIMEOUT, Clients, Server, participant_identities, unique, wait_until
+from test_hostile import next_signal, send, ws_join
 
 SETTLE = 2.0  # how long a change that must NOT arrive is given to arrive anyway
 SELF_UPDATE_TIMEOUT = 15.0
@@ -150,16 +153,25 @@ async def test_client_metadata_updates_reach_others_only_with_the_grant(server: 
             assert (info.metadata, info.name) == ("m1", "Alice Two")
             assert dict(info.attributes) == {"role": "host", "mood": "happy"}
 
-            # carol has no canUpdateOwnMetadata: her changes go nowhere
-            for attempt in (
-                carol.room.local_participant.set_metadata("c-hacked"),
-                carol.room.local_participant.set_name("Mallory"),
-                carol.room.local_participant.set_attributes({"role": "admin"}),
+            # carol has no canUpdateOwnMetadata: her changes go nowhere (the SDK sends them
+            # and returns; a hang here is a bug too)
+            for what, attempt in (
+                ("set_metadata", carol.room.local_participant.set_metadata("c-hacked")),
+                ("set_name", carol.room.local_participant.set_name("Mallory")),
+                ("set_attributes", carol.room.local_participant.set_attributes({"role": "admin"})),
             ):
+                await self_update(what, attempt)
+            # The refusal itself, which the SDK does not surface: a RequestResponse naming
+            # the request, NOT_ALLOWED.
+            async with aiohttp.ClientSession() as http:
+                ws = await ws_join(http, server, room, "dave")
                 try:
-                    await asyncio.wait_for(attempt, SELF_UPDATE_TIMEOUT)
-                except Exception:
-                    pass  # refusing loudly is fine too
+                    await send(ws, update_metadata=sig.UpdateParticipantMetadata(metadata="x", request_id=77))
+                    answer = (await next_signal(ws, "request_response")).request_response
+                    assert answer.request_id == 77, answer
+                    assert answer.reason == sig.RequestResponse.NOT_ALLOWED, answer
+                finally:
+                    await ws.close()
             await asyncio.sleep(SETTLE)
 
             def about_carol(e) -> bool:

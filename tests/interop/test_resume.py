@@ -117,6 +117,7 @@ async def test_a_resume_after_the_participant_was_removed_rejoins(server: Server
 
             bob = await clients.join(room, "bob")
             alice = clients.new("alice")
+            alice.expect("reconnecting", "reconnected")  # the test cuts her signaling
             await alice.connect(proxy.ws_url, server.token("alice", room))
             await wait_until(lambda: "alice" in bob.room.remote_participants, what="bob to see alice")
             first_sid = alice.room.local_participant.sid

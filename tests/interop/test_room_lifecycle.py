@@ -143,6 +143,7 @@ async def test_a_client_rejoins_after_the_server_restarts(tmp_path) -> None:
         room = unique("restart")
         async with Clients(server) as clients:
             ada = await clients.join(room, "ada")
+            ada.expect("reconnecting", "reconnected")  # the test restarts the server
             first_sid = ada.room.local_participant.sid
             os.kill(server.pid, signal.SIGKILL)
             server.proc.wait(timeout=10)

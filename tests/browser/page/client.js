@@ -218,7 +218,11 @@
         .on(R.TrackStreamStateChanged, (pub, state, p) =>
           record('trackStreamStateChanged', { identity: p.identity, sid: pub.trackSid, state }))
         .on(R.ConnectionQualityChanged, (quality, p) =>
-          record('connectionQualityChanged', { identity: p.identity, quality }));
+          record('connectionQualityChanged', { identity: p.identity, quality }))
+        .on(R.DataReceived, (payload, p, kind, topic) =>
+          record('dataReceived', {
+            identity: p && p.identity, kind, topic, text: new TextDecoder().decode(payload),
+          }));
 
       status('connecting');
       const t = performance.now();
@@ -413,6 +417,17 @@
           : { isSubscribed: pub.isSubscribed, hasTrack: Boolean(pub.track) }));
     },
 
+    // Enable or disable `identity`'s `kind` track as an app would
+    // (publication.setEnabled: UpdateTrackSettings.disabled); it stays subscribed.
+    setEnabled(identity, kind, enabled) {
+      const p = needRoom().remoteParticipants.get(identity);
+      if (!p) throw new Error(`no participant '${identity}'`);
+      const pub = Array.from(p.trackPublications.values()).find((x) => x.kind === kind);
+      if (!pub) throw new Error(`'${identity}' has no ${kind} publication`);
+      pub.setEnabled(enabled);
+      return { sid: pub.trackSid, enabled: pub.isEnabled, subscribed: pub.isSubscribed };
+    },
+
     // The subscriber connection (the one the server offers on): how many
     // m-sections the server's last offer has, and how many transceivers and
     // receiving ones the browser keeps.
@@ -448,6 +463,15 @@
           remoteType: pc.remoteDescription ? pc.remoteDescription.type : null,
           connection: pc.connectionState,
         }));
+    },
+
+    // Publish `texts` as data packets, one each, on the reliable or the lossy channel.
+    async publishData(texts, reliable = true, topic = 'page') {
+      const enc = new TextEncoder();
+      for (const t of texts) {
+        await needRoom().localParticipant.publishData(enc.encode(t), { reliable, topic });
+      }
+      return { sent: texts.length };
     },
 
     // livekit-client's test hook (room.simulateScenario): 'signal-reconnect',
