@@ -239,14 +239,18 @@ class Server:
         except OSError:
             return 0
 
-    def panics_since(self, offset: int) -> list[str]:
-        """The panic reports in the log after byte `offset`, each with the lines after it."""
+    def log_since(self, offset: int) -> str:
+        """What the server logged after byte `offset`."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(offset)
-                lines = f.read().decode(errors="replace").splitlines()
+                return f.read().decode(errors="replace")
         except OSError:
-            return []
+            return ""
+
+    def panics_since(self, offset: int) -> list[str]:
+        """The panic reports in the log after byte `offset`, each with the lines after it."""
+        lines = self.log_since(offset).splitlines()
         return [
             "\n".join(lines[i : i + 4]) for i, line in enumerate(lines) if PANIC_MARK.search(line)
         ]

@@ -11,19 +11,26 @@ carries; media and data keep their own path (UDP, straight to the server).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from livekit import rtc
 
 from harness import (
     EVENT_TIMEOUT,
+    MAX_SEND_SECONDS,
+    AudioProbe,
     Client,
     Clients,
     Server,
     TcpProxy,
+    ToneSender,
+    publish_track,
     unique,
+    wait_track_subscribed,
     wait_until,
     within,
 )
+from shaper import shaped_server
 
 MESSAGES = 500
 DATA_TIMEOUT = 30.0
@@ -162,3 +169,61 @@ async def test_the_sdks_signal_reconnect_scenario_resumes(server: Server) -> Non
         await resumed_by_sdk(alice)
         assert alice.room.local_participant.sid == sid
         assert not bob.seen("participant_disconnected")
+
+
+# How long the server may take to notice that ICE is gone (str0m's consent timeout), and
+# what the clients get afterwards to resume before their sessions end (5 s grace).
+MEDIA_LOSS_DETECT_TIMEOUT = 40.0
+
+
+async def test_media_that_dies_under_a_live_websocket_comes_back(tmp_path: Path) -> None:
+    """Every media datagram is dropped (a userspace shaper in front of the server's UDP
+    ports; signaling goes straight to the server and stays up). The server notices ICE
+    is gone and asks each client to resume (LeaveRequest RESUME, then the signal closes,
+    as upstream does), keeping its session for a grace period. The link comes back
+    within it and the tone is heard again. The python SDK resumes (same sid, ICE
+    restarted) or, now and then, joins again in full and publishes anew; either way
+    media must return without the test doing anything."""
+    room = unique("media-dies")
+    with shaped_server(tmp_path, "--rate", "0") as (server, shaper):
+        async with Clients(server) as clients:
+            alice, bob = await clients.meet(room, "alice", "bob")
+            for c in (alice, bob):
+                c.expect("reconnecting", "reconnected", "participant_disconnected")
+            tone = ToneSender(440.0).start(MAX_SEND_SECONDS + MEDIA_LOSS_DETECT_TIMEOUT)
+            probes: list[AudioProbe] = []
+            try:
+                publication = await publish_track(
+                    alice, tone.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+                )
+                probes.append(AudioProbe((await wait_track_subscribed(bob, publication.sid)).args[0], "bob"))
+                await probes[0].wait_for_tone(440.0, min_seconds=1.0, what="the tone before the cut")
+                log_from = server.log_size()
+                shaper.set("loss 100%")
+                await wait_until(
+                    lambda: server.log_since(log_from).count("media connection lost") >= 2,
+                    timeout=MEDIA_LOSS_DETECT_TIMEOUT,
+                    interval=0.2,
+                    what="the server to notice both media connections are gone",
+                )
+                # Silent meanwhile: the shaper really cut the media.
+                assert not probes[0].report(asyncio.get_running_loop().time() - 1.0).loud_seconds
+                shaper.set("loss 0%")
+                back_at = asyncio.get_running_loop().time()
+                events_before = len(bob.events)
+
+                def heard_again() -> bool:
+                    for e in bob.events[events_before:]:
+                        if e.name == "track_subscribed" and all(p.track is not e.args[0] for p in probes):
+                            probes.append(AudioProbe(e.args[0], "bob (alice's track again)"))
+                    return any(p.report(back_at).has_tone(440.0, min_seconds=1.0) for p in probes)
+
+                await wait_until(
+                    heard_again, timeout=RESUME_TIMEOUT, interval=0.2, what="the tone after the link came back"
+                )
+                assert alice.room.isconnected() and bob.room.isconnected()
+                tone.check()
+            finally:
+                for p in probes:
+                    await p.close()
+                await tone.stop()
