@@ -611,6 +611,9 @@ class Client:
             if e.name in ("reconnecting", "reconnected") and not reconnect_ok:
                 found.append(e.name)
             elif e.name == "disconnected" and not disconnect_ok:
+                # the test's own room.disconnect() is asked for
+                if e.args and e.args[0] == rtc.DisconnectReason.CLIENT_INITIATED:
+                    continue
                 found.append(f"disconnected {e.args}")
         return found
 

@@ -41,7 +41,7 @@ def test_load_test_drives_janus_videoroom(tmp_path: Path) -> None:
     assert track["packets_sent"] >= 80, track
     assert track["packets_received"] == 4 * track["packets_sent"], track
     assert r["loss_percent"] == 0
-    assert 0 < r["first_media_ms_p50"] < 5000
+    assert 0 < r["first_media_ms_p50"] < 60_000  # sane, not a benchmark bound
 
 
 def test_benchmark_script_runs_end_to_end() -> None:

@@ -34,8 +34,10 @@ def test_short_load_test_reports_zero_loss(server: Server) -> None:
         assert t["packets_received"] == t["packets_sent"] * 8, t
     assert r["loss_percent"] == 0
     assert r["packets_received"] == sum(t["packets_received"] for t in r["tracks"])
-    assert 0 < r["delay_ms_p50"] <= r["delay_ms_p99"] < 100
-    assert 0 < r["join_ms_p50"] <= r["join_ms_p99"] < 5000
+    # Measured, not bounded: the figures live in docs/benchmarks.md. These only say the
+    # numbers are sane, with room for a machine ten times slower than this one.
+    assert 0 < r["delay_ms_p50"] <= r["delay_ms_p99"] < 2000
+    assert 0 < r["join_ms_p50"] <= r["join_ms_p99"] < 60_000
     assert 300_000 < r["bitrate_per_subscriber_bps"] < 700_000
 
 

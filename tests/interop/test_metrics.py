@@ -23,8 +23,21 @@ from harness import (
 from test_media import publish_tone, wait_track_subscribed
 
 
+def available_parallelism() -> int:
+    """What Rust's std::thread::available_parallelism (the server's worker count) says
+    here: the CPUs this process may run on, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 # One media worker per core the server may run on (it runs on this machine).
-WORKERS = len(os.sched_getaffinity(0))
+WORKERS = available_parallelism()
 
 
 def scrape_text(port: int) -> str:
