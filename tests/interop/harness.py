@@ -570,7 +570,7 @@ class Client:
         self.room = rtc.Room()
         self.events: list[Event] = []
         # Event names the test looked at: a reconnect or a disconnect the test did not
-        # look for is the SDK hiding a server fault, and fails the test (Clients.close).
+        # look for is the SDK hiding a server fault, and fails the test (Clients.check).
         self.looked_at: set[str] = set()
         # The ICE transport its peer connections must have selected ("udp" unless the
         # test forces ICE/TCP).

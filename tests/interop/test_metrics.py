@@ -101,8 +101,8 @@ async def test_metrics_count_rooms_tracks_and_packets(tmp_path: Path) -> None:
                 tcp = scrape_by_protocol(port, "tcp")
                 assert tcp.get("aviary_packets_in_total", 0) == 0, tcp
                 assert tcp.get("aviary_packets_out_total", 0) == 0, tcp
-                udp = scrape_by_protocol(port, "udp")
-                assert udp["aviary_packets_in_total"] == m["aviary_packets_in_total"], udp
+                udp = scrape_by_protocol(port, "udp")  # scraped later: counters only grow
+                assert udp["aviary_packets_in_total"] >= m["aviary_packets_in_total"], udp
                 assert m["aviary_forwarding_delay_seconds_count"] > 0
                 assert m["aviary_worker_busy_microseconds_total"] > 0
                 assert m["aviary_panics_total"] == 0
