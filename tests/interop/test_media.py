@@ -17,6 +17,7 @@ import pytest
 
 import numpy as np
 from livekit import api, rtc
+from livekit.protocol import models
 
 from harness import (
     EVENT_TIMEOUT,
@@ -1124,3 +1125,49 @@ async def test_dynacast_stops_the_layers_nobody_receives(server: Server) -> None
             await wait_until(lambda: growing("f"), timeout=MEDIA_TIMEOUT, what="f to come back")
         finally:
             await sender.stop()
+
+
+async def test_grants_limit_subscribing_and_the_sources_one_may_publish(server: Server) -> None:
+    """`canSubscribe: false` gets no media (while a normal subscriber hears the tone), and
+    `canPublishSources: [microphone]` may publish a microphone but not a camera."""
+    room = unique("grants")
+
+    def token(identity: str, **grants: object) -> str:
+        return (
+            api.AccessToken(server.api_key, server.api_secret)
+            .with_identity(identity)
+            .with_grants(api.VideoGrants(room_join=True, room=room, **grants))
+            .to_jwt()
+        )
+
+    async with Clients(server) as clients, server.api() as lk:
+        watcher = await clients.join_with_token(token("watcher", can_subscribe=False), "watcher")
+        listener = await clients.join(room, "listener")
+        speaker = await clients.join_with_token(token("speaker", can_publish_sources=["microphone"]), "speaker")
+        sender, publication = await publish_tone(speaker)
+        probe = None
+        video = SolidVideoSender(VIDEO_W, VIDEO_H, VIDEO_RGBA, name="cam").start()
+        try:
+            sub = await wait_track_subscribed(listener, publication.sid)
+            probe = AudioProbe(sub.args[0], "listener")
+            await probe.wait_for_tone(TONE_HZ, min_seconds=TONE_SECONDS, what="the tone at the listener")
+            await watcher.wait_event(
+                "track_published", lambda e: e.args[0].sid == publication.sid, what="the watcher to see the track"
+            )
+            await asyncio.sleep(SETTLE)
+            assert not watcher.seen("track_subscribed"), "a participant without canSubscribe got a track"
+            assert await inbound_audio_packets(watcher) == 0, "media reached a participant without canSubscribe"
+
+            try:
+                await speaker.room.local_participant.publish_track(video.track, video_options())
+            except Exception:
+                pass  # the SDK gives up after its own timeout; what counts is the server's view
+            else:
+                raise AssertionError("a camera was published with canPublishSources: [microphone]")
+            info = await lk.room.get_participant(api.RoomParticipantIdentity(room=room, identity="speaker"))
+            assert [t.source for t in info.tracks] == [models.TrackSource.MICROPHONE], info.tracks
+        finally:
+            if probe is not None:
+                await probe.close()
+            await sender.stop()
+            await video.stop()

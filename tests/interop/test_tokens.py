@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import jwt
 import pytest
 from livekit import api
 
 from harness import (
+    API_SECRET,
     TOKEN_TRANSPORTS,
     Clients,
     Server,
@@ -22,6 +24,7 @@ from harness import (
 )
 
 HOUR = 3600  # well past the server's 60 s leeway
+LEEWAY = 60  # seconds a token's exp/nbf may be off, as upstream (jsonwebtoken's default)
 
 
 def _bad_signature(room: str) -> str:
@@ -58,6 +61,20 @@ def _not_a_jwt(room: str) -> str:
     return "this.is-not-a.jwt"
 
 
+def _expired_past_leeway(room: str) -> str:
+    now = int(time.time())
+    return hand_made_jwt({**join_claims("mallory", room), "nbf": now - HOUR, "exp": now - 2 * LEEWAY})
+
+
+def _hs512(room: str) -> str:
+    # signed with the right secret, by another algorithm than the HS256 LiveKit uses
+    return jwt.encode(join_claims("mallory", room), API_SECRET, algorithm="HS512")
+
+
+def _alg_none(room: str) -> str:
+    return jwt.encode(join_claims("mallory", room), None, algorithm="none")
+
+
 BAD_TOKENS: dict[str, Callable[[str], str]] = {
     "bad-signature": _bad_signature,
     "unknown-api-key": _unknown_api_key,
@@ -67,6 +84,9 @@ BAD_TOKENS: dict[str, Callable[[str], str]] = {
     "no-room-in-grant": _no_room_in_grant,
     "empty-identity": _empty_identity,
     "not-a-jwt": _not_a_jwt,
+    "expired-past-the-leeway": _expired_past_leeway,
+    "hs512": _hs512,
+    "alg-none": _alg_none,
 }
 
 
@@ -85,6 +105,25 @@ def test_good_hand_made_token_passes_validate_and_upgrade(server: Server, via: s
 
     status, head = websocket_upgrade(server, _good(room), via=via)
     assert status == 101, f"a good token's WebSocket upgrade was answered with:\n{head}"
+
+
+def _expired_within_leeway(room: str) -> str:
+    now = int(time.time())
+    return hand_made_jwt({**join_claims("goodie", room), "nbf": now - HOUR, "exp": now - LEEWAY // 3})
+
+
+def _not_before_within_leeway(room: str) -> str:
+    now = int(time.time())
+    return hand_made_jwt({**join_claims("goodie", room), "nbf": now + LEEWAY // 3, "exp": now + HOUR})
+
+
+@pytest.mark.parametrize("make", [_expired_within_leeway, _not_before_within_leeway], ids=["exp", "nbf"])
+def test_a_clock_off_by_less_than_the_leeway_is_accepted(server: Server, make: Callable[[str], str]) -> None:
+    room = unique("tok-leeway")
+    answer = validate(server, make(room))
+    assert answer.status == 200, f"/rtc/validate refused a token within the leeway: {answer.status} {answer.text}"
+    status, head = websocket_upgrade(server, make(room))
+    assert status == 101, f"a token within the leeway was answered with:\n{head}"
 
 
 def test_health_endpoint(server: Server) -> None:
