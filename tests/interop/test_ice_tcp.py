@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 from pathlib import Path
 from typing import AsyncIterator
@@ -30,7 +29,6 @@ from harness import (
     SolidVideoSender,
     TcpProxy,
     free_port,
-    http_request,
     publish_track,
     unique,
     wait_track_subscribed,
@@ -39,7 +37,8 @@ from harness import (
 )
 from shaper import SHAPER_IP, server_behind_shaper_address
 from test_browser import connect_page, publish_page, publish_python_video
-from test_media import DATA_TIMEOUT, TONE_HZ, VIDEO_RGBA, publish_tone, video_options
+from test_media import DATA_TIMEOUT, TONE_HZ, VIDEO_RGBA, data_from, publish_tone, video_options
+from test_metrics import scrape_by_protocol
 
 FRAMES = 20
 DATA_MESSAGES = 100
@@ -64,11 +63,7 @@ async def tcp_only_server(tmp_path: Path) -> AsyncIterator[Server]:
 
 def tcp_traffic(server: Server) -> dict[str, float]:
     """aviary_{packets,bytes}_{in,out}_total over ICE/TCP, summed over workers."""
-    body = http_request(f"http://{server.host}:{server.metrics_port}/metrics").body.decode()
-    totals: dict[str, float] = {}
-    for name, value in re.findall(r'^(aviary_\w+_total)\{[^}]*protocol="tcp"[^}]*\} (\S+)$', body, re.M):
-        totals[name] = totals.get(name, 0.0) + float(value)
-    return totals
+    return scrape_by_protocol(server.metrics_port, "tcp")
 
 
 async def join_over_tcp(clients: Clients, room: str, identity: str) -> Client:
@@ -109,11 +104,7 @@ async def send_data(sender: Client, label: str) -> list[bytes]:
 
 
 def data_received(client: Client, identity: str) -> list[bytes]:
-    return [
-        e.args[0].data
-        for e in client.seen("data_received")
-        if e.args[0].participant is not None and e.args[0].participant.identity == identity
-    ]
+    return [p.data for p in data_from(client, identity)]
 
 
 async def test_python_sdk_media_and_data_over_ice_tcp(tmp_path: Path) -> None:
