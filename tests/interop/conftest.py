@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -86,6 +87,32 @@ def _node_ip_on_non_loopback() -> bool:
         if len(fields) >= 4 and fields[1] != "lo" and fields[3].split("/")[0] == NODE_IP:
             return True
     return False
+
+
+# --------------------------------------------------------------------------
+# process exit
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The Python SDK disposes its native runtime from an atexit hook, and its
+    # threads can then call back into an interpreter that is shutting down: the
+    # runtime aborts (exit 134) after every test has passed and been reported.
+    # Once pytest has written everything, leave without interpreter teardown so
+    # the run's exit status is pytest's own.
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
