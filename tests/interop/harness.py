@@ -649,6 +649,17 @@ class Client:
             if (proto := selected_protocol(reports)) is not None
         }
 
+    async def data_messages_sent(self, label: str = "_reliable") -> int:
+        """Messages the client's publisher connection has sent on the data channel
+        `label` (the SDK's "_reliable" or "_lossy"), from its own stats: what left the
+        client, whatever the server did with it."""
+        stats = await self.room.get_rtc_stats()
+        return sum(
+            r.data_channel.dc.messages_sent
+            for r in stats.publisher_stats
+            if r.WhichOneof("stats") == "data_channel" and r.data_channel.dc.label == label
+        )
+
     async def disconnect(self) -> None:
         self.expect("disconnected")
         try:

@@ -962,12 +962,23 @@ async def test_data_without_can_publish_data_is_dropped(server: Server) -> None:
         await wait_until(
             lambda: "mute-data" in bob.room.remote_participants, what="bob to see the sender"
         )
-        try:
-            await asyncio.wait_for(
-                sender.room.local_participant.publish_data(b"denied", reliable=True), DATA_TIMEOUT
-            )
-        except Exception:
-            pass  # an SDK may refuse locally; either way nothing may arrive
+        sent_before = await sender.data_messages_sent()
+        # The SDK does not check the grant itself: the packet leaves the client and
+        # only the server can drop it.
+        await within(
+            sender.room.local_participant.publish_data(b"denied", reliable=True),
+            DATA_TIMEOUT,
+            "the sender's publish_data",
+        )
+
+        async def left_the_sender() -> bool:
+            return await sender.data_messages_sent() > sent_before
+
+        await wait_until(
+            left_the_sender,
+            timeout=DATA_TIMEOUT,
+            what="the denied packet to leave the sender",
+        )
         await within(
             alice.room.local_participant.publish_data(b"allowed", reliable=True),
             DATA_TIMEOUT,
