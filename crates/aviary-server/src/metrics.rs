@@ -56,6 +56,12 @@ pub struct WorkerMetrics {
     pub rtp_in: Counter,
     /// RTP packets forwarded to consumers.
     pub rtp_forwarded: Counter,
+    /// RED audio packets received from publishers.
+    pub red_in: Counter,
+    /// RED packets forwarded as RED (to subscribers that negotiated it).
+    pub red_forwarded: Counter,
+    /// RED packets forwarded as their primary Opus (to subscribers without RED).
+    pub red_unwrapped: Counter,
     /// NACKs received from subscribers.
     pub nacks: Counter,
     /// PLIs/FIRs received from subscribers.
@@ -209,6 +215,21 @@ impl Metrics {
             "RTP packets forwarded to subscribers",
             Counter
         );
+        let red_in = family!(
+            "rtp_red_received",
+            "RED (RFC 2198) audio packets received from publishers",
+            Counter
+        );
+        let red_forwarded = family!(
+            "rtp_red_forwarded",
+            "RED audio packets forwarded as RED",
+            Counter
+        );
+        let red_unwrapped = family!(
+            "rtp_red_unwrapped",
+            "RED audio packets forwarded as their primary Opus to subscribers without RED",
+            Counter
+        );
         let nacks = family!("nacks", "NACKs received from subscribers", Counter);
         let plis_in = family!(
             "plis_received",
@@ -275,6 +296,9 @@ impl Metrics {
                     dropped: dropped.get_or_create(&l).clone(),
                     rtp_in: rtp_in.get_or_create(&l).clone(),
                     rtp_forwarded: rtp_forwarded.get_or_create(&l).clone(),
+                    red_in: red_in.get_or_create(&l).clone(),
+                    red_forwarded: red_forwarded.get_or_create(&l).clone(),
+                    red_unwrapped: red_unwrapped.get_or_create(&l).clone(),
                     nacks: nacks.get_or_create(&l).clone(),
                     plis_in: plis_in.get_or_create(&l).clone(),
                     plis_out: plis_out.get_or_create(&l).clone(),

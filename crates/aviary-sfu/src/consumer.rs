@@ -93,6 +93,17 @@ pub(crate) struct Forwarded {
     pub(crate) first: bool,
     /// The simulcast layer whose keyframe the consumer waits for.
     pub(crate) wanted: Option<usize>,
+    /// For a RED packet written: how it went out.
+    pub(crate) red: Option<RedOut>,
+}
+
+/// How a RED (RFC 2198) audio packet went to a subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RedOut {
+    /// As it came: the subscriber negotiated RED.
+    Kept,
+    /// Its primary encoding only: the subscriber has the codec without RED.
+    Unwrapped,
 }
 
 impl Consumer {
@@ -229,6 +240,13 @@ impl Consumer {
         tx.write_rtp(write);
         self.packets += 1;
         done.written = true;
+        if spec.is_some_and(|(_, red)| red) {
+            done.red = Some(if unwrap_red {
+                RedOut::Unwrapped
+            } else {
+                RedOut::Kept
+            });
+        }
         if switch {
             self.selector.switched(layer);
             self.started = true;

@@ -30,6 +30,7 @@ mod loudness;
 mod output;
 mod producer;
 mod rate;
+mod red_answer;
 mod rewrite;
 mod router;
 mod selector;
@@ -43,6 +44,7 @@ pub use output::{
     RouterStats,
 };
 pub use producer::Producer;
+pub use red_answer::OfferedAudio;
 pub use router::{CongestionControl, Router, RouterConfig};
 pub use selector::Allowed;
 pub use transport::{Transport, TransportDirection, TransportOptions};

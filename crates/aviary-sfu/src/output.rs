@@ -141,6 +141,12 @@ pub struct RouterStats {
     pub packets_received: u64,
     /// RTP packets written to consumers.
     pub packets_forwarded: u64,
+    /// RED (RFC 2198) audio packets received from publishers.
+    pub red_received: u64,
+    /// RED packets written to consumers as they came (the subscriber has RED).
+    pub red_forwarded: u64,
+    /// RED packets written to consumers as their primary encoding (no RED there).
+    pub red_unwrapped: u64,
     /// Keyframe requests sent to publishers.
     pub keyframe_requests_sent: u64,
     /// NACKs received from subscribers.

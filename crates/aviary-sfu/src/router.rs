@@ -18,7 +18,7 @@ use str0m::{Candidate, IceCreds, Input, Rtc};
 use tracing::{debug, trace};
 
 use crate::allocator::TrackDemand;
-use crate::consumer::{Consumer, ConsumerOptions};
+use crate::consumer::{Consumer, ConsumerOptions, RedOut};
 use crate::error::ConsumeError;
 use crate::layers::{Layer, Vp8Munger, sort_layers, target_layer};
 use crate::loudness::Loudness;
@@ -32,7 +32,8 @@ use crate::transport::{
     Internal, Numbering, Reused, Sink, Transport, TransportDirection, TransportOptions,
 };
 use crate::{
-    ConsumerId, DtlsCert, NegotiateError, ProducerId, SendDataError, TransportError, TransportId,
+    ConsumerId, DtlsCert, NegotiateError, OfferedAudio, ProducerId, SendDataError, TransportError,
+    TransportId,
 };
 
 /// Lasting settings of a router.
@@ -97,6 +98,9 @@ pub struct Router {
     now: Instant,
     packets_received: u64,
     packets_forwarded: u64,
+    red_received: u64,
+    red_forwarded: u64,
+    red_unwrapped: u64,
     keyframe_requests_sent: u64,
     /// Feedback counted on transports that are gone, so the totals never go down.
     retired_nacks: u64,
@@ -121,6 +125,9 @@ impl Router {
             now,
             packets_received: 0,
             packets_forwarded: 0,
+            red_received: 0,
+            red_forwarded: 0,
+            red_unwrapped: 0,
             keyframe_requests_sent: 0,
             retired_nacks: 0,
             retired_keyframe_requests: 0,
@@ -199,13 +206,25 @@ impl Router {
         Ok(())
     }
 
-    /// Answers a publisher's offer.
+    /// Answers a publisher's offer (with RED first wherever Opus with RED was offered).
     pub fn accept_offer(&mut self, id: TransportId, sdp: &str) -> Result<String, NegotiateError> {
+        self.accept_offer_with_red(id, sdp, &|_| None)
+    }
+
+    /// Answers a publisher's offer, asking for RED audio (Opus with redundancy) where
+    /// `wants_red` says `Some(true)` and for plain Opus where it says `Some(false)`, on the
+    /// audio m-lines whose offer has both.
+    pub fn accept_offer_with_red(
+        &mut self,
+        id: TransportId,
+        sdp: &str,
+        wants_red: &dyn Fn(OfferedAudio<'_>) -> Option<bool>,
+    ) -> Result<String, NegotiateError> {
         let t = self
             .transports
             .get_mut(&id)
             .ok_or(NegotiateError::NotFound(id))?;
-        let answer = t.accept_offer(sdp, &mut self.sink);
+        let answer = t.accept_offer(sdp, wants_red, &mut self.sink);
         self.after(id);
         answer
     }
@@ -753,6 +772,9 @@ impl Router {
             consumers: self.consumers.len(),
             packets_received: self.packets_received,
             packets_forwarded: self.packets_forwarded,
+            red_received: self.red_received,
+            red_forwarded: self.red_forwarded,
+            red_unwrapped: self.red_unwrapped,
             keyframe_requests_sent: self.keyframe_requests_sent,
             nacks_received: self.retired_nacks
                 + self
@@ -933,6 +955,9 @@ impl Router {
             return;
         };
         self.packets_received += 1;
+        if spec.is_some_and(|(_, red)| red) {
+            self.red_received += 1;
+        }
         let now = self.now;
         let Some(mut incoming) = producer.receive(rid, spec, &packet, now) else {
             return;
@@ -991,6 +1016,11 @@ impl Router {
                 continue;
             }
             self.packets_forwarded += 1;
+            match done.red {
+                Some(RedOut::Kept) => self.red_forwarded += 1,
+                Some(RedOut::Unwrapped) => self.red_unwrapped += 1,
+                None => {}
+            }
             wants_keyframe |= done.first;
             if !sub.touched {
                 sub.touched = true;

@@ -18,6 +18,7 @@ use tracing::{debug, trace};
 use crate::error::NegotiateError;
 use crate::layers::Vp8Munger;
 use crate::output::{CloseReason, DataChannelLabels, DataKind, Event, Output};
+use crate::red_answer::{OfferedAudio, order_red};
 use crate::rewrite::Rewriter;
 use crate::{ConsumerId, SendDataError, TransportId};
 
@@ -513,6 +514,7 @@ impl Transport {
     pub(crate) fn accept_offer(
         &mut self,
         sdp: &str,
+        wants_red: &dyn Fn(OfferedAudio<'_>) -> Option<bool>,
         sink: &mut Sink,
     ) -> Result<String, NegotiateError> {
         if self.direction != TransportDirection::Publisher {
@@ -530,7 +532,7 @@ impl Transport {
         self.ice_ufrag = creds.ufrag;
         self.ice_pwd = creds.pass;
         self.drive(sink);
-        Ok(answer.to_sdp_string())
+        Ok(order_red(sdp, &answer.to_sdp_string(), wants_red))
     }
 
     /// Takes the answer to our offer. A follow-up offer is made if changes waited (or if

@@ -7,6 +7,7 @@ use livekit_protocol as proto;
 
 use super::session::Session;
 use crate::ids::{Identity, ParticipantSid, TrackSid};
+use crate::worker::RedTracks;
 
 /// One track a participant wants to receive.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,21 @@ impl Participant {
     /// The permission it has now.
     pub fn permission(&self) -> proto::ParticipantPermission {
         self.info.permission.clone().unwrap_or_default()
+    }
+
+    /// Whether each of its audio tracks, announced or published, wants RED.
+    pub fn red_tracks(&self) -> RedTracks {
+        let audio = proto::TrackType::Audio as i32;
+        RedTracks {
+            cids: (self.pending_tracks.iter())
+                .filter(|(_, t)| t.r#type == audio)
+                .map(|(cid, t)| (cid.clone(), !t.disable_red))
+                .collect(),
+            mids: (self.info.tracks.iter())
+                .filter(|t| t.r#type == audio && !t.mid.is_empty())
+                .map(|t| (t.mid.clone(), !t.disable_red))
+                .collect(),
+        }
     }
 
     /// Hidden participants (recorders, agents that asked for it) are not shown to others.

@@ -48,12 +48,15 @@ impl RoomCore {
                     tracing::debug!(participant = %from, "publisher offer without canPublish or canPublishData ignored");
                     return;
                 }
-                if let Some(p) = self.participant_mut(from.as_str()) {
-                    p.session.publisher_offer_ids.push_back(sd.id);
-                }
+                let Some(p) = self.participant_mut(from.as_str()) else {
+                    return;
+                };
+                p.session.publisher_offer_ids.push_back(sd.id);
+                let red = p.red_tracks();
                 self.media(WorkerCommand::PublisherOffer {
                     key: self.key(from),
                     sdp: sd.sdp,
+                    red,
                 });
             }
             Req::Answer(sd) => {

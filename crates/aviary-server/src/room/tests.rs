@@ -1631,3 +1631,87 @@ fn connection_quality_reaches_each_participant_for_itself_and_whom_it_receives()
     assert_eq!(quality_of(&out, 1), [vec![q(&publisher, Good)]]);
     assert!(quality_of(&out, 3).is_empty());
 }
+
+#[test]
+fn a_publisher_offer_says_which_audio_tracks_want_red() {
+    let clock = Clock::new();
+    let mut r = room(&clock);
+    let a = join(&mut r, &clock, "a", 1);
+    let audio = |cid: &str, disable_red: bool| proto::AddTrackRequest {
+        cid: cid.into(),
+        r#type: proto::TrackType::Audio as i32,
+        source: proto::TrackSource::Microphone as i32,
+        disable_red,
+        ..Default::default()
+    };
+    add_track(&mut r, &clock, &a, 1, audio("red-mic", false));
+    add_track(&mut r, &clock, &a, 1, audio("plain-mic", true));
+    add_track(
+        &mut r,
+        &clock,
+        &a,
+        1,
+        proto::AddTrackRequest {
+            cid: "cam".into(),
+            r#type: proto::TrackType::Video as i32,
+            source: proto::TrackSource::Camera as i32,
+            ..Default::default()
+        },
+    );
+    drain(&mut r);
+    let offer = |r: &mut RoomCore, id: u32| {
+        request(
+            r,
+            &clock,
+            &a,
+            1,
+            Req::Offer(proto::SessionDescription {
+                r#type: "offer".into(),
+                sdp: "v=0".into(),
+                id,
+                ..Default::default()
+            }),
+        );
+        let out = drain(r);
+        let reds: Vec<_> = commands(&out)
+            .into_iter()
+            .filter_map(|c| match c {
+                WorkerCommand::PublisherOffer { red, .. } => Some(red.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reds.len(), 1, "one offer to the worker: {reds:?}");
+        reds.into_iter().next().unwrap()
+    };
+    let red = offer(&mut r, 1);
+    let pending = |cid: &str, wants: bool| (cid.to_owned(), wants);
+    assert_eq!(
+        red.cids,
+        [pending("red-mic", true), pending("plain-mic", false)],
+        "audio only, as announced"
+    );
+    assert!(red.mids.is_empty());
+
+    // Once published, the track is known by its mid in later offers.
+    r.handle_media(
+        clock.now(),
+        MediaEvent::ProducerCreated {
+            participant: a.clone(),
+            media: ProducedMedia {
+                producer: ProducerId(1),
+                cid: "red-mic".into(),
+                kind: MediaKind::Audio,
+                mid: "0".into(),
+                mime: "audio/opus".into(),
+            },
+        },
+    );
+    drain(&mut r);
+    let red = offer(&mut r, 2);
+    assert_eq!(red.cids, [pending("plain-mic", false)]);
+    assert_eq!(red.mids, [pending("0", true)]);
+    let audio = |mid, track_id| aviary_sfu::OfferedAudio { mid, track_id };
+    assert_eq!(red.wants(audio("0", None)), Some(true));
+    assert_eq!(red.wants(audio("1", Some("plain-mic"))), Some(false));
+    assert_eq!(red.wants(audio("2", Some("nobody"))), None);
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, trace, warn};
 
 use super::tcp::{self, UfragRegistry};
-use super::{MediaEvent, PeerKey, ProducedMedia, WorkerCommand};
+use super::{MediaEvent, PeerKey, ProducedMedia, RedTracks, WorkerCommand};
 use crate::guid::random_string;
 use crate::ids::{Identity, ParticipantSid, RoomSid, TrackSid};
 
@@ -853,7 +853,7 @@ impl Worker {
                     peer.can_publish_data = can_publish_data;
                 }
             }
-            WorkerCommand::PublisherOffer { key, sdp } => self.publisher_offer(key, sdp),
+            WorkerCommand::PublisherOffer { key, sdp, red } => self.publisher_offer(key, sdp, &red),
             WorkerCommand::SubscriberAnswer { key, sdp } => {
                 let Some((idx, tid)) = self.transport_of(&key, TransportDirection::Subscriber)
                 else {
@@ -1128,7 +1128,7 @@ impl Worker {
         }
     }
 
-    fn publisher_offer(&mut self, key: PeerKey, sdp: String) {
+    fn publisher_offer(&mut self, key: PeerKey, sdp: String, red: &RedTracks) {
         let Some(&idx) = self.room_idx.get(&key.room) else {
             return;
         };
@@ -1156,7 +1156,9 @@ impl Worker {
                 tid
             }
         };
-        let event = match self.with_router(idx, |r| r.accept_offer(tid, &sdp)) {
+        let event = match self.with_router(idx, |r| {
+            r.accept_offer_with_red(tid, &sdp, &|audio| red.wants(audio))
+        }) {
             Some(Ok(sdp)) => MediaEvent::PublisherAnswer {
                 participant: key.participant,
                 sdp,
@@ -1647,6 +1649,11 @@ fn report(m: &WorkerMetrics, room: &mut RoomMedia, now: RouterStats) {
     m.rtp_in.inc_by(now.packets_received - was.packets_received);
     m.rtp_forwarded
         .inc_by(now.packets_forwarded - was.packets_forwarded);
+    m.red_in.inc_by(now.red_received - was.red_received);
+    m.red_forwarded
+        .inc_by(now.red_forwarded - was.red_forwarded);
+    m.red_unwrapped
+        .inc_by(now.red_unwrapped - was.red_unwrapped);
     m.nacks.inc_by(now.nacks_received - was.nacks_received);
     m.plis_in
         .inc_by(now.keyframe_requests_received - was.keyframe_requests_received);

@@ -141,6 +141,8 @@ pub enum WorkerCommand {
         key: PeerKey,
         /// Offer SDP.
         sdp: String,
+        /// Which of its audio tracks to ask RED for.
+        red: RedTracks,
     },
     /// The client's answer to our subscriber offer.
     SubscriberAnswer {
@@ -271,6 +273,28 @@ pub enum MediaEvent {
     },
     /// The room's media plane failed (a router panic) and is gone with every transport.
     RoomFailed,
+}
+
+/// Whether a publisher's audio tracks want RED (their `disable_red`): announced ones by
+/// the `cid` their m-line's msid carries, published ones by their mid.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedTracks {
+    /// Announced tracks: cid, wants RED.
+    pub cids: Vec<(String, bool)>,
+    /// Published tracks: mid, wants RED.
+    pub mids: Vec<(String, bool)>,
+}
+
+impl RedTracks {
+    /// Whether the track of the offer's audio m-line wants RED; `None` for no known track.
+    pub fn wants(&self, audio: aviary_sfu::OfferedAudio<'_>) -> Option<bool> {
+        let by_mid = self.mids.iter().find(|(m, _)| m == audio.mid);
+        let by_cid = || {
+            let t = audio.track_id?;
+            self.cids.iter().find(|(c, _)| c == t)
+        };
+        by_mid.or_else(by_cid).map(|&(_, red)| red)
+    }
 }
 
 /// A stream a publisher started sending.

@@ -142,6 +142,8 @@ pub struct Sim {
     ufrag_seq: u32,
     /// While set, the router's offers wait unanswered (a client that lost its signaling).
     pub hold_offers: bool,
+    /// Clients made while set offer Opus with RED (RFC 2198), as libwebrtc does.
+    pub clients_use_red: bool,
 }
 
 impl Sim {
@@ -167,6 +169,7 @@ impl Sim {
             rng: Lcg::new(seed),
             ufrag_seq: 0,
             hold_offers: false,
+            clients_use_red: false,
         }
     }
 
@@ -180,7 +183,10 @@ impl Sim {
         let transport = self.router.create_transport(options);
         let idx = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:6000", idx + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .enable_opus(true, self.clients_use_red)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         self.clients.push(Client {
             name: name.to_string(),
@@ -303,6 +309,17 @@ impl Sim {
     /// Writes one RTP packet from a publisher client on `mid`.
     pub fn send_rtp(&mut self, idx: usize, mid: Mid, seq: u64, ts: u32, payload: &[u8]) {
         self.send_rtp_layer(idx, mid, None, seq, ts, payload);
+    }
+
+    /// Writes one audio packet with payload type `pt` from a publisher client on `mid`.
+    pub fn send_audio_pt(&mut self, idx: usize, mid: Mid, pt: u8, seq: u64, payload: &[u8]) {
+        let now = self.now;
+        let c = &mut self.clients[idx];
+        let mut api = c.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("send stream");
+        let ts = (seq as u32).wrapping_mul(960);
+        tx.write_rtp(RtpWrite::new(pt.into(), seq.into(), ts, now, payload.to_vec()).marker(true));
+        self.drain_client(idx);
     }
 
     /// Writes one audio packet carrying an RFC 6464 audio level (-127..=0 dBov).
