@@ -79,6 +79,9 @@ setup_ns() {
     ns_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
     ns_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
     ns_sysctl "$ns" net.ipv6.conf.lo.disable_ipv6 1
+    # Ephemeral ports end below 50000: the tests give their servers ports from 50000 up
+    # (harness.RESERVED_PORTS), which no client socket can then take first.
+    ns_sysctl "$ns" net.ipv4.ip_local_port_range "32768 49999"
     ip -n "$ns" link add "$VETH_A" type veth peer name "$VETH_B" || return 1
     ns_sysctl "$ns" "net.ipv6.conf.$VETH_A.disable_ipv6" 1
     ns_sysctl "$ns" "net.ipv6.conf.$VETH_B.disable_ipv6" 1

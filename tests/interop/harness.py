@@ -11,6 +11,7 @@ import base64
 import inspect
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -64,17 +65,31 @@ def unique(prefix: str) -> str:
 
 _handed_out_ports: set[tuple[int, int]] = set()
 
+# Ports for the servers the tests start, outside the ephemeral range: scripts/testnet.sh
+# narrows the namespace's `net.ipv4.ip_local_port_range` to end below them, so a port
+# handed out here cannot be taken by a client's socket (libwebrtc binds ephemeral ports
+# all through a test) between being chosen and the server binding it.
+RESERVED_PORTS = range(50000, 61000)
+_next_port = RESERVED_PORTS.start + random.Random(os.getpid()).randrange(len(RESERVED_PORTS))
+
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port nothing listens on right now (TCP or UDP), never the same twice."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("0.0.0.0", 0))
-            port = s.getsockname()[1]
-        if (kind, port) not in _handed_out_ports:
-            _handed_out_ports.add((kind, port))
-            return port
-    raise RuntimeError("could not find a free port")
+    """A port in RESERVED_PORTS nothing listens on right now (TCP or UDP), never the same
+    twice."""
+    global _next_port
+    for _ in range(len(RESERVED_PORTS)):
+        port = _next_port
+        _next_port = RESERVED_PORTS.start + (port + 1 - RESERVED_PORTS.start) % len(RESERVED_PORTS)
+        if (kind, port) in _handed_out_ports:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        _handed_out_ports.add((kind, port))
+        return port
+    raise RuntimeError(f"no free port in {RESERVED_PORTS}")
 
 
 # The server binds one UDP port per worker thread: --udp-port, --udp-port + 1, ...
@@ -114,7 +129,8 @@ class Server:
     def __init__(self, log_path: Path, extra_args: Optional[list[str]] = None) -> None:
         self.binary = server_binary()
         self.port = free_port(socket.SOCK_STREAM)
-        self.udp_port = free_udp_range()
+        # None: from the configuration (`rtc.port_range_start`).
+        self.udp_port: Optional[int] = free_udp_range()
         self.tcp_port = free_port(socket.SOCK_STREAM)
         self.extra_args = list(extra_args or [])
         self.log_path = log_path
@@ -130,7 +146,8 @@ class Server:
         # Where HTTP and media bind, and the address put in ICE candidates: a shaped test
         # binds NODE_IP and advertises the shaper's address in front of it.
         self.bind_ip = "0.0.0.0"
-        self.node_ip = NODE_IP
+        # None: the server finds its addresses itself.
+        self.node_ip: Optional[str] = NODE_IP
 
     # -- addresses
     @property
@@ -154,11 +171,11 @@ class Server:
             str(self.binary),
             "serve",
             *(["--dev"] if self.dev else []),
-            *([] if self.as_newcomer else ["--bind", self.bind_ip, "--node-ip", self.node_ip]),
+            *([] if self.as_newcomer else ["--bind", self.bind_ip]),
+            *([] if self.as_newcomer or self.node_ip is None else ["--node-ip", self.node_ip]),
             "--port",
             str(self.port),
-            "--udp-port",
-            str(self.udp_port),
+            *([] if self.udp_port is None else ["--udp-port", str(self.udp_port)]),
             "--tcp-port",
             str(self.tcp_port),
             *self.extra_args,
@@ -660,6 +677,19 @@ class Client:
             if r.WhichOneof("stats") == "data_channel" and r.data_channel.dc.label == label
         )
 
+    async def selected_remotes(self) -> dict[str, tuple[str, int]]:
+        """The server's (address, port) in the candidate pair each of the client's peer
+        connections selected, by "publisher"/"subscriber" (those with one)."""
+        stats = await self.room.get_rtc_stats()
+        return {
+            side: remote
+            for side, reports in (
+                ("publisher", stats.publisher_stats),
+                ("subscriber", stats.subscriber_stats),
+            )
+            if (remote := selected_remote(reports)) is not None
+        }
+
     async def disconnect(self) -> None:
         self.expect("disconnected")
         try:
@@ -668,17 +698,13 @@ class Client:
             pass
 
 
-def selected_protocol(reports: list[Any]) -> Optional[str]:
-    """The protocol of the local candidate in a peer connection's selected pair, from its
-    stats reports; None when it has no selected pair (not connected)."""
-    local = {}
+def _selected_pairs(reports: list[Any]) -> list[Any]:
+    """The candidate pair(s) a peer connection selected, from its stats reports."""
     pairs = {}
     selected_ids = []
     for r in reports:
         kind = r.WhichOneof("stats")
-        if kind == "local_candidate":
-            local[r.local_candidate.rtc.id] = r.local_candidate.candidate.protocol
-        elif kind == "candidate_pair":
+        if kind == "candidate_pair":
             pairs[r.candidate_pair.rtc.id] = r.candidate_pair.candidate_pair
         elif kind == "transport" and r.transport.transport.selected_candidate_pair_id:
             selected_ids.append(r.transport.transport.selected_candidate_pair_id)
@@ -689,7 +715,33 @@ def selected_protocol(reports: list[Any]) -> Optional[str]:
             for pid, p in pairs.items()
             if p.nominated and p.state == rtc.stats.IceCandidatePairState.PAIR_SUCCEEDED
         ]
-    protocols = {local.get(pairs[pid].local_candidate_id) for pid in selected_ids if pid in pairs}
+    return [pairs[pid] for pid in selected_ids if pid in pairs]
+
+
+def selected_remote(reports: list[Any]) -> Optional[tuple[str, int]]:
+    """The remote candidate's (address, port) in a peer connection's selected pair, from
+    its stats reports; None when it has no selected pair."""
+    remote = {
+        r.remote_candidate.rtc.id: (r.remote_candidate.candidate.address, r.remote_candidate.candidate.port)
+        for r in reports
+        if r.WhichOneof("stats") == "remote_candidate"
+    }
+    found = {remote[p.remote_candidate_id] for p in _selected_pairs(reports) if p.remote_candidate_id in remote}
+    if not found:
+        return None
+    assert len(found) == 1, f"several selected pairs on one connection: {found}"
+    return found.pop()
+
+
+def selected_protocol(reports: list[Any]) -> Optional[str]:
+    """The protocol of the local candidate in a peer connection's selected pair, from its
+    stats reports; None when it has no selected pair (not connected)."""
+    local = {
+        r.local_candidate.rtc.id: r.local_candidate.candidate.protocol
+        for r in reports
+        if r.WhichOneof("stats") == "local_candidate"
+    }
+    protocols = {local.get(p.local_candidate_id) for p in _selected_pairs(reports)}
     protocols.discard(None)
     if not protocols:
         return None

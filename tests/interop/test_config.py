@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, make_token, server_binary, unique, validate
+from harness import (
+    NODE_IP,
+    AudioProbe,
+    Clients,
+    Server,
+    free_udp_range,
+    make_token,
+    server_binary,
+    unique,
+    validate,
+    wait_track_subscribed,
+)
+from test_media import TONE_HZ, TONE_SECONDS, publish_tone
 
 KEY, SECRET = "APIconfigtest", "a-secret-that-is-long-enough-for-hs256-0123"
 
@@ -105,5 +117,53 @@ def test_limits_and_room_states_answer_validate(tmp_path: Path) -> None:
         assert long_room.status == 400 and b"max_room_name_length" in long_room.body, long_room
         long_identity = validate(server, server.token("somebody-long", "short-room"))
         assert long_identity.status == 400 and b"identity" in long_identity.body, long_identity
+    finally:
+        server.stop()
+
+
+async def test_a_config_file_from_the_environment_with_a_port_range_and_found_addresses(
+    tmp_path: Path,
+) -> None:
+    """Not dev mode, no --udp-port, no --node-ip: the file LIVEKIT_CONFIG_FILE names gives
+    the keys and `rtc.port_range_start/end`; media goes to ports in that range at the
+    address the server found on its interface (the test network's veth), over UDP."""
+    first = free_udp_range(10)
+    config = tmp_path / "livekit.yaml"
+    config.write_text(
+        f"keys:\n  {KEY}: {SECRET}\n"
+        f"rtc:\n  port_range_start: {first}\n  port_range_end: {first + 9}\n"
+    )
+    server = Server(tmp_path / "config-file.log")
+    server.dev = False
+    server.udp_port = None
+    server.node_ip = None
+    server.env = {"LIVEKIT_CONFIG_FILE": str(config)}
+    server.api_key, server.api_secret = KEY, SECRET
+    server.start()
+    try:
+        room = unique("config-file")
+        async with Clients(server) as clients:
+            alice = await clients.join(room, "alice")
+            bob = await clients.join(room, "bob")
+            sender, publication = await publish_tone(alice)
+            probe = None
+            try:
+                subscribed = await wait_track_subscribed(bob, publication.sid)
+                probe = AudioProbe(subscribed.args[0], "bob")
+                await probe.wait_for_tone(TONE_HZ, min_seconds=TONE_SECONDS, what="alice's tone")
+                for client, side in ((alice, "publisher"), (bob, "subscriber")):
+                    remotes = await client.selected_remotes()
+                    assert side in remotes, f"{client.label}: no selected pair on {side}: {remotes}"
+                    address, port = remotes[side]
+                    assert address == NODE_IP, f"{client.label} {side}: server at {address}"
+                    assert first <= port <= first + 9, (
+                        f"{client.label} {side}: server port {port} outside "
+                        f"rtc.port_range {first}-{first + 9}"
+                    )
+                sender.check()
+            finally:
+                if probe is not None:
+                    await probe.close()
+                await sender.stop()
     finally:
         server.stop()

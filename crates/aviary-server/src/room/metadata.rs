@@ -128,7 +128,7 @@ pub(crate) fn check_metadata(
     let max = limits.max_metadata_size as usize;
     if max > 0 && metadata.len() > max {
         return Err(ServiceError::InvalidArgument(format!(
-            "metadata is {} bytes, over the limit of {max}",
+            "metadata is {} bytes, over the limit of {max} (limit.max_metadata_size)",
             metadata.len()
         )));
     }
@@ -136,7 +136,7 @@ pub(crate) fn check_metadata(
     let size: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
     if max > 0 && size > max {
         return Err(ServiceError::InvalidArgument(format!(
-            "attributes are {size} bytes, over the limit of {max}"
+            "attributes are {size} bytes, over the limit of {max} (limit.max_attributes_size)"
         )));
     }
     Ok(())
