@@ -236,6 +236,11 @@ impl Router {
             .get_mut(&id)
             .ok_or(NegotiateError::NotFound(id))?;
         let (result, assigned) = t.accept_answer(sdp, &mut self.sink);
+        // The payload types a consumer picked before the answer were from our offer (RED
+        // among them); the subscriber may have answered without some.
+        for c in self.consumers.values_mut().filter(|c| c.transport == id) {
+            c.pt_map.clear();
+        }
         self.assign_mids(id, assigned);
         self.after(id);
         result

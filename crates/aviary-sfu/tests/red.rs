@@ -88,3 +88,53 @@ fn red_goes_as_is_to_red_subscribers_and_unwrapped_to_the_others() {
         (n, n, n)
     );
 }
+
+#[test]
+fn red_sent_before_a_plain_subscriber_answered_does_not_fix_its_payload_type() {
+    let mut sim = Sim::new(8);
+    sim.clients_use_red = true;
+    let (publisher, mids) = sim.join_publisher("pub", &[MediaKind::Audio]);
+    sim.clients_use_red = false;
+    let plain = sim.join_subscriber("plain");
+    let (producer, _) = sim.producers()[0];
+    let (pub_opus, pub_red) = pts(&sim, publisher);
+    let pub_red = pub_red.expect("the publisher negotiated RED");
+    let frame = |i: u64| vec![0xfc, i as u8, 0x11];
+    let mut seq = 1u64;
+    let mut send = |sim: &mut Sim, n: u64| {
+        for _ in 0..n {
+            let payload = red_payload(pub_opus, &frame(seq - 1), &frame(seq));
+            sim.send_audio_pt(publisher, mids[0], pub_red, seq, &payload);
+            sim.run_for(Duration::from_millis(20));
+            seq += 1;
+        }
+    };
+    // The consumer exists and media flows while the subscriber has not answered yet: our
+    // offer still lists RED.
+    sim.hold_offers = true;
+    sim.consume(producer, plain);
+    send(&mut sim, 10);
+    sim.hold_offers = false;
+    sim.answer_pending_offers();
+    sim.run_for(Duration::from_millis(50));
+    let before = sim.clients[plain].rtp().len();
+    send(&mut sim, 20);
+    sim.run_for(Duration::from_millis(200));
+
+    let (plain_opus, _) = pts(&sim, plain);
+    let after: Vec<_> = sim.clients[plain].rtp().into_iter().skip(before).collect();
+    assert!(
+        after.len() >= 18,
+        "{} packets after the answer",
+        after.len()
+    );
+    for p in after {
+        assert_eq!(*p.header.payload_type, plain_opus);
+        assert_eq!(
+            p.payload.len(),
+            3,
+            "only the primary frame: {:?}",
+            p.payload
+        );
+    }
+}
