@@ -78,6 +78,21 @@ class Shaper:
             if reply != "ok":
                 raise RuntimeError(f"aviary netem refused {line!r}: {reply}")
 
+    def stats(self) -> dict[str, int]:
+        """What every shaper did so far, summed: passed, lost, overflowed, reordered."""
+        totals: dict[str, int] = {}
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("stats\n")
+            proc.stdin.flush()
+            reply = self._expect(proc, "", REPLY_TIMEOUT).split()
+            if reply[:1] != ["ok"]:
+                raise RuntimeError(f"aviary netem answered `stats` with {' '.join(reply)!r}")
+            for field in reply[1:]:
+                key, _, value = field.partition("=")
+                totals[key] = totals.get(key, 0) + int(value)
+        return totals
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

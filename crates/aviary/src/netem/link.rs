@@ -1,5 +1,6 @@
 //! One direction of a shaped link, sans I/O: a token-bucket bottleneck with a drop-tail
-//! queue, seeded random loss and a fixed delay. Time is passed in, so the same code that
+//! queue, seeded random loss, a fixed delay and seeded reordering (a share of datagrams
+//! held back so that later ones overtake them). Time is passed in, so the same code that
 //! shapes real datagrams is tested on a simulated clock.
 
 use std::time::{Duration, Instant};
@@ -17,6 +18,11 @@ pub struct LinkParams {
     pub delay: Duration,
     /// Share of datagrams dropped at random, in [0, 1].
     pub loss: f64,
+    /// Share of datagrams held back by `reorder_delay`, in [0, 1]: those sent after them
+    /// within that time arrive first.
+    pub reorder: f64,
+    /// How long a reordered datagram is held back.
+    pub reorder_delay: Duration,
 }
 
 impl Default for LinkParams {
@@ -27,6 +33,8 @@ impl Default for LinkParams {
             burst: 1500,
             delay: Duration::ZERO,
             loss: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(30),
         }
     }
 }
@@ -51,6 +59,20 @@ pub struct LinkStats {
     pub lost: u64,
     /// Datagrams dropped by the full queue.
     pub overflowed: u64,
+    /// Datagrams held back for others to overtake (counted in `passed` too).
+    pub reordered: u64,
+}
+
+impl LinkStats {
+    /// What was counted since `before`.
+    pub fn since(&self, before: &LinkStats) -> LinkStats {
+        LinkStats {
+            passed: self.passed - before.passed,
+            lost: self.lost - before.lost,
+            overflowed: self.overflowed - before.overflowed,
+            reordered: self.reordered - before.reordered,
+        }
+    }
 }
 
 /// One direction of one flow.
@@ -99,7 +121,12 @@ impl Link {
             }
         };
         self.stats.passed += 1;
-        Verdict::Deliver(leaves + params.delay)
+        let mut at = leaves + params.delay;
+        if params.reorder > 0.0 && self.next_f64() < params.reorder {
+            self.stats.reordered += 1;
+            at += params.reorder_delay;
+        }
+        Verdict::Deliver(at)
     }
 
     /// A value in [0, 1) (xorshift64*).
@@ -208,5 +235,40 @@ mod tests {
         assert_ne!(a, run(4));
         let lost = a.iter().filter(|&&l| l).count();
         assert!((400..600).contains(&lost), "{lost} of 10000 lost at 5 %");
+    }
+
+    #[test]
+    fn reordered_datagrams_are_overtaken_by_later_ones() {
+        let p = LinkParams {
+            reorder: 0.1,
+            reorder_delay: Duration::from_millis(30),
+            ..Default::default()
+        };
+        let mut link = Link::new(5);
+        let start = Instant::now();
+        // 1000 datagrams 10 ms apart: the order they arrive in.
+        let mut arrivals: Vec<(Instant, usize)> = (0..1000)
+            .map(|i| {
+                let t = start + Duration::from_millis(10 * i as u64);
+                match link.offer(&p, t, 100) {
+                    Verdict::Deliver(at) => (at, i),
+                    other => panic!("{other:?}: nothing is lost here"),
+                }
+            })
+            .collect();
+        arrivals.sort();
+        let order: Vec<usize> = arrivals.iter().map(|&(_, i)| i).collect();
+        let overtaken = order.windows(2).filter(|w| w[0] > w[1]).count();
+        let held = link.stats.reordered as usize;
+        assert!(
+            (60..140).contains(&held),
+            "{held} of 1000 held back at 10 %"
+        );
+        // Each held datagram arrives after the next two or three sent.
+        assert!(
+            overtaken >= held * 9 / 10,
+            "{overtaken} inversions for {held} held back"
+        );
+        assert_eq!(link.stats.passed, 1000);
     }
 }

@@ -6,13 +6,17 @@
 //! subscriber receives on) each flow has a bottleneck of `--rate` with a `--queue`; toward
 //! the server `--uplink-rate` (default: none). Delay and random loss apply both ways.
 //! Settings change at run time with lines on stdin: `rate 400k`, `uplink-rate 2m`,
-//! `queue 32k`, `delay 40ms`, `loss 5%` (both ways), `downlink-loss 5%`, `uplink-loss 5%`
-//! (each answered `ok` or with what was wrong).
+//! `queue 32k`, `delay 40ms`, `loss 5%` (both ways), `downlink-loss 5%`, `uplink-loss 5%`,
+//! `reorder 10%` (that share held back by `reorder-delay`, 30 ms unless set, both ways)
+//! (each answered `ok` or with what was wrong); `stats` answers
+//! `ok passed=N lost=N overflowed=N reordered=N`, both directions of every flow so far.
 
 mod link;
 
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use link::{Link, LinkParams, Verdict};
+pub use link::{Link, LinkParams, LinkStats, Verdict};
 
 /// Datagrams one direction of one flow may have scheduled and not yet sent; past this the
 /// shaper is behind and drops (it never holds more than the queue allows anyway).
@@ -59,6 +63,13 @@ pub struct NetemArgs {
     /// Random loss in each direction (`2%` or `0.02`).
     #[arg(long, value_parser = parse_loss, default_value = "0")]
     loss: f64,
+    /// Share of datagrams held back by `--reorder-delay` in each direction, so that later
+    /// ones overtake them (`5%`).
+    #[arg(long, value_parser = parse_loss, default_value = "0")]
+    reorder: f64,
+    /// How long a reordered datagram is held back.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30ms")]
+    reorder_delay: Duration,
     /// Seed of the random losses.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -66,6 +77,42 @@ pub struct NetemArgs {
 
 /// Datagrams waiting for their time to be sent.
 type Scheduled = mpsc::Sender<(Instant, Vec<u8>)>;
+
+/// What every link of the process did, for `stats`.
+#[derive(Default)]
+struct Totals {
+    passed: AtomicU64,
+    lost: AtomicU64,
+    overflowed: AtomicU64,
+    reordered: AtomicU64,
+}
+
+impl Totals {
+    fn add(&self, s: LinkStats) {
+        self.passed.fetch_add(s.passed, Ordering::Relaxed);
+        self.lost.fetch_add(s.lost, Ordering::Relaxed);
+        self.overflowed.fetch_add(s.overflowed, Ordering::Relaxed);
+        self.reordered.fetch_add(s.reordered, Ordering::Relaxed);
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "ok passed={} lost={} overflowed={} reordered={}",
+            self.passed.load(Ordering::Relaxed),
+            self.lost.load(Ordering::Relaxed),
+            self.overflowed.load(Ordering::Relaxed),
+            self.reordered.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// One datagram through `link`, counted in `totals`.
+fn offer(link: &mut Link, totals: &Totals, params: &LinkParams, bytes: usize) -> Verdict {
+    let before = link.stats;
+    let verdict = link.offer(params, Instant::now().into_std(), bytes);
+    totals.add(link.stats.since(&before));
+    verdict
+}
 
 /// Both directions' settings, shared by every flow and changed from stdin.
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +140,8 @@ async fn serve(args: NetemArgs) -> anyhow::Result<()> {
         burst: args.burst,
         delay: args.delay,
         loss: args.loss,
+        reorder: args.reorder,
+        reorder_delay: args.reorder_delay,
         ..Default::default()
     };
     let settings = Arc::new(Mutex::new(Settings {
@@ -109,7 +158,8 @@ async fn serve(args: NetemArgs) -> anyhow::Result<()> {
         "netem listening on {} forwarding to {}",
         args.listen, args.forward
     );
-    tokio::spawn(control(settings.clone()));
+    let totals = Arc::new(Totals::default());
+    tokio::spawn(control(settings.clone(), totals.clone()));
 
     let mut flows: HashMap<SocketAddr, (Link, Scheduled)> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -122,14 +172,21 @@ async fn serve(args: NetemArgs) -> anyhow::Result<()> {
         let flow = match flows.get_mut(&client) {
             Some(f) => f,
             None => {
-                let f = open_flow(&listen, client, args.forward, next_seed, settings.clone())
-                    .await
-                    .with_context(|| format!("cannot open a flow for {client}"))?;
+                let f = open_flow(
+                    &listen,
+                    client,
+                    args.forward,
+                    next_seed,
+                    settings.clone(),
+                    totals.clone(),
+                )
+                .await
+                .with_context(|| format!("cannot open a flow for {client}"))?;
                 flows.entry(client).or_insert(f)
             }
         };
         let params = settings.lock().map(|s| s.up).unwrap_or_default();
-        if let Verdict::Deliver(at) = flow.0.offer(&params, Instant::now().into_std(), n) {
+        if let Verdict::Deliver(at) = offer(&mut flow.0, &totals, &params, n) {
             let _ = flow.1.try_send((at.into(), buf[..n].to_vec()));
         }
     }
@@ -142,6 +199,7 @@ async fn open_flow(
     forward: SocketAddr,
     seed: u64,
     settings: Arc<Mutex<Settings>>,
+    totals: Arc<Totals>,
 ) -> anyhow::Result<(Link, Scheduled)> {
     let upstream = Arc::new(UdpSocket::bind(SocketAddr::new(listen.local_addr()?.ip(), 0)).await?);
     upstream.connect(forward).await?;
@@ -172,7 +230,7 @@ async fn open_flow(
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = upstream.recv(&mut buf).await {
             let params = settings.lock().map(|s| s.down).unwrap_or_default();
-            if let Verdict::Deliver(at) = link.offer(&params, Instant::now().into_std(), n) {
+            if let Verdict::Deliver(at) = offer(&mut link, &totals, &params, n) {
                 let _ = down_tx.try_send((at.into(), buf[..n].to_vec()));
             }
         }
@@ -180,22 +238,51 @@ async fn open_flow(
     Ok((Link::new(seed), up_tx))
 }
 
-/// Sends each datagram at its time, in order (a bottleneck's departures only move forward).
+/// Sends each datagram at its time: in the order they were scheduled, but for those
+/// held back to be reordered, which later ones overtake.
 async fn deliver<F, Fut>(mut rx: mpsc::Receiver<(Instant, Vec<u8>)>, send: F)
 where
     F: Fn(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    while let Some((at, data)) = rx.recv().await {
-        tokio::time::sleep_until(at).await;
-        send(data).await;
+    // Earliest first; equal times in arrival order.
+    let mut waiting: BinaryHeap<std::cmp::Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    loop {
+        let next = waiting.peek().map(|std::cmp::Reverse((at, _, _))| *at);
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some((at, data)) => {
+                    seq += 1;
+                    waiting.push(std::cmp::Reverse((at, seq, data)));
+                }
+                None if waiting.is_empty() => return,
+                None => {
+                    // Nothing more comes: send what waits, each at its time.
+                    while let Some(std::cmp::Reverse((at, _, data))) = waiting.pop() {
+                        tokio::time::sleep_until(at).await;
+                        send(data).await;
+                    }
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                if let Some(std::cmp::Reverse((_, _, data))) = waiting.pop() {
+                    send(data).await;
+                }
+            }
+        }
     }
 }
 
 /// Reads setting changes from stdin until it closes.
-async fn control(settings: Arc<Mutex<Settings>>) {
+async fn control(settings: Arc<Mutex<Settings>>, totals: Arc<Totals>) {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "stats" {
+            println!("{}", totals.line());
+            continue;
+        }
         let reply = match settings.lock() {
             Ok(mut s) => match apply(&mut s, &line) {
                 Ok(()) => "ok".to_string(),
@@ -231,8 +318,17 @@ fn apply(s: &mut Settings, line: &str) -> anyhow::Result<()> {
         }
         "downlink-loss" => s.down.loss = parse_loss(value)?,
         "uplink-loss" => s.up.loss = parse_loss(value)?,
+        "reorder" => {
+            let r = parse_loss(value)?;
+            (s.down.reorder, s.up.reorder) = (r, r);
+        }
+        "reorder-delay" => {
+            let d = humantime::parse_duration(value).map_err(|e| anyhow::anyhow!("{e}"))?;
+            (s.down.reorder_delay, s.up.reorder_delay) = (d, d);
+        }
         other => bail!(
-            "unknown setting {other:?}: rate, uplink-rate, queue, delay, loss, downlink-loss or uplink-loss"
+            "unknown setting {other:?}: rate, uplink-rate, queue, delay, loss, downlink-loss, \
+             uplink-loss, reorder or reorder-delay"
         ),
     }
     Ok(())
@@ -306,6 +402,10 @@ mod tests {
         assert_eq!((s.down.loss, s.up.loss), (0.05, 0.0));
         apply(&mut s, "delay 40ms").unwrap();
         assert_eq!(s.up.delay, Duration::from_millis(40));
+        apply(&mut s, "reorder 10%").unwrap();
+        apply(&mut s, "reorder-delay 50ms").unwrap();
+        assert_eq!((s.down.reorder, s.up.reorder), (0.1, 0.1));
+        assert_eq!(s.down.reorder_delay, Duration::from_millis(50));
         let e = apply(&mut s, "speed 1m").unwrap_err().to_string();
         assert!(e.contains("unknown setting \"speed\""), "{e}");
         assert!(apply(&mut s, "rate").is_err());
