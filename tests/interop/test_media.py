@@ -284,6 +284,59 @@ async def test_video_frames_reach_the_subscriber(server: Server, codec_name: str
 
 
 
+async def decoded_frames(track: rtc.Track, count: int, timeout: float) -> list[tuple[int, int, tuple]]:
+    """(width, height, centre pixel) of the first `count` frames decoded from `track`, or
+    of those decoded within `timeout`."""
+    stream = rtc.VideoStream(track)
+    frames: list[tuple[int, int, tuple]] = []
+
+    async def read() -> None:
+        async for event in stream:
+            f = event.frame
+            frames.append((f.width, f.height, centre_rgba(f)))
+            if len(frames) >= count:
+                return
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        try:
+            await asyncio.wait_for(stream.aclose(), 5)
+        except Exception:
+            pass
+    return frames
+
+
+async def test_video_reaches_a_late_joiner(server: Server) -> None:
+    """carol joins seconds after the video started, long after its first keyframe (the
+    encoder makes none unasked): the server asks the publisher for one, and she decodes."""
+    room = unique("late-video")
+    async with Clients(server) as clients:
+        alice = await clients.join(room, "alice")
+        bob = await clients.join(room, "bob")
+        sender = SolidVideoSender(VIDEO_W, VIDEO_H, VIDEO_RGBA, name="solid").start()
+        try:
+            publication = await publish_track(alice, sender.track, video_options())
+            early = await decoded_frames(
+                (await wait_track_subscribed(bob, publication.sid)).args[0], VIDEO_FRAMES, MEDIA_TIMEOUT
+            )
+            assert len(early) >= 20, f"bob, there from the start, decoded {len(early)} frames"
+            await asyncio.sleep(3)  # the stream is well past its first keyframe
+
+            carol = await clients.join(room, "carol")
+            late = await decoded_frames(
+                (await wait_track_subscribed(carol, publication.sid)).args[0], VIDEO_FRAMES, MEDIA_TIMEOUT
+            )
+            assert len(late) >= 20, f"carol, who joined late, decoded {len(late)} frames within {MEDIA_TIMEOUT}s"
+            assert {(w, h) for w, h, _ in late} == {(VIDEO_W, VIDEO_H)}
+            off = [px for _, _, px in late if not colour_close(px, VIDEO_RGBA, COLOUR_TOLERANCE)]
+            assert not off, f"{len(off)} of carol's frames off colour: {off[:5]}"
+        finally:
+            await sender.stop()
+
+
 SIMULCAST_W, SIMULCAST_H = 1280, 720  # the SDK sends 320x180, 640x360 and 1280x720 layers
 LOW_W, LOW_H = 320, 180
 
