@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Whole-server load benchmark, Aviary and Janus side by side in one run.
+"""Whole-server load benchmark, Aviary, Janus and mediasoup side by side in one run.
 
-For each subscriber count, a fresh `aviary serve` and then a fresh Janus (VideoRoom plugin)
-get the same load from `aviary load-test`: 1 video publisher at --video-bitrate, N
-subscribers. The server's CPU time (/proc/PID/stat) and RSS (/proc/PID/status) are sampled
-when the load tester prints `phase: measuring` and `phase: draining` (the measured window);
-the packets its subscribers received in that window are the forwarded packets, for both
-servers alike. Prints a Markdown table with the ratio Janus / Aviary of CPU per packet.
+For each subscriber count, a fresh `aviary serve`, then a fresh Janus (VideoRoom plugin),
+then a fresh mediasoup worker (behind bench/mediasoup/server.mjs) get the same load from
+`aviary load-test`: 1 video publisher at --video-bitrate, N subscribers. The server's CPU
+time (/proc/PID/stat) and RSS (/proc/PID/status) are sampled when the load tester prints
+`phase: measuring` and `phase: draining` (the measured window); the packets its subscribers
+received in that window are the forwarded packets, for every server alike. mediasoup's
+server is its worker process; the Node process that signals for it is reported apart.
+Prints a Markdown table with the ratio of each peer to Aviary in CPU per packet.
 
     cargo build --release -p aviary
     python3 bench/load.py --subscribers 10 100 500 1000 --duration 20
@@ -17,7 +19,9 @@ Janus is pinned to that interface with `ice_enforce_list` and the load tester us
 127.0.0.2 as its own address toward it. Aviary and its load tester use 127.0.0.1. Janus gets
 its own config folder with only the VideoRoom plugin and the WebSocket transport, on
 loopback, and `event_loops = 2` (one media thread per core, as Aviary's workers).
-Without the `janus` binary (Debian package `janus`) only Aviary is measured.
+mediasoup binds 127.0.0.2 the same way. Without the `janus` binary (Debian package `janus`)
+or the mediasoup worker (built by bench/mediasoup/build.sh, about 8 minutes) that server is
+left out.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import Aviary, Janus, raise_nofile  # noqa: E402
+from servers import (  # noqa: E402
+    MEDIASOUP_BUILD,
+    Aviary,
+    Janus,
+    Mediasoup,
+    mediasoup_available,
+    raise_nofile,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +67,8 @@ def rss_kib(pid: int) -> int:
 
 
 def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) -> dict:
-    pid = server.proc.pid
+    pid = server.media_pid()
+    helpers = server.helper_pids()
     try:
         time.sleep(0.5)
         idle_rss = rss_kib(pid)
@@ -66,7 +78,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
              "--duration", f"{duration}s", "--video-bitrate", bitrate, "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
         )
-        marks: dict[str, tuple[float, int, float]] = {}
+        marks: dict[str, tuple[float, int, float, float]] = {}
         # The load tester's last words, for the error message if it fails.
         tail: collections.deque[str] = collections.deque(maxlen=20)
 
@@ -79,7 +91,12 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
                     key = {"measuring": "start", "draining": "end"}.get(phase)
                     if key and key not in marks:
                         try:
-                            marks[key] = (cpu_seconds(pid), rss_kib(pid), cpu_seconds(load.pid))
+                            marks[key] = (
+                                cpu_seconds(pid),
+                                rss_kib(pid),
+                                cpu_seconds(load.pid),
+                                sum(cpu_seconds(h) for h in helpers.values()),
+                            )
                         except OSError as e:  # reported below as a missing mark
                             print(f"sampling failed at {phase}: {e}", file=sys.stderr)
 
@@ -97,7 +114,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
         report = json.loads(out)
         if "start" not in marks or "end" not in marks:
             raise RuntimeError(f"{server.name}: the load tester never reached the measured window")
-        (c0, _, l0), (c1, rss, l1) = marks["start"], marks["end"]
+        (c0, _, l0, h0), (c1, rss, l1, h1) = marks["start"], marks["end"]
         packets = report["packets_received"]
         return {
             "server": server.name,
@@ -106,6 +123,7 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
             "cpu_us_per_packet": (c1 - c0) * 1e6 / max(packets, 1),
             "forwarded_per_s": packets / report["seconds"],
             "server_cpu_percent": 100 * (c1 - c0) / report["seconds"],
+            "helper_cpu_percent": 100 * (h1 - h0) / report["seconds"] if helpers else None,
             "load_cpu_percent": 100 * (l1 - l0) / report["seconds"],
             "rss_kib_per_subscriber": (rss - idle_rss) / max(subscribers, 1),
             "loss_percent": report["loss_percent"],
@@ -127,8 +145,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--video-bitrate", default="600k")
     # aviary-nocc: Aviary with rtc.congestion_control off, to measure what it costs.
-    ap.add_argument("--servers", nargs="+", default=["aviary", "janus"],
-                    choices=["aviary", "aviary-nocc", "janus"])
+    ap.add_argument("--servers", nargs="+", default=["aviary", "janus", "mediasoup"],
+                    choices=["aviary", "aviary-nocc", "janus", "mediasoup"])
     a = ap.parse_args()
     if not os.environ.get(NS_MARK):
         # Re-run inside a private network namespace (see the module docs).
@@ -139,17 +157,22 @@ def main() -> int:
     if "janus" in servers and not shutil.which("janus"):
         print("no janus binary (apt-get install janus): measuring Aviary only", file=sys.stderr)
         servers.remove("janus")
+    if "mediasoup" in servers and not mediasoup_available():
+        print(f"no mediasoup worker (build it: {MEDIASOUP_BUILD}): leaving mediasoup out", file=sys.stderr)
+        servers.remove("mediasoup")
     workdir = tempfile.mkdtemp(prefix="aviary-bench-")
     print("| subscribers | server | connected | server CPU-µs / forwarded packet | ÷ Aviary | "
-          "forwarded pkt/s | server CPU % | load tester CPU % | RSS KiB / subscriber | loss % | "
-          "delay p50 / p99 ms | first media p50 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "forwarded pkt/s | server CPU % | its signaling CPU % | load tester CPU % | "
+          "RSS KiB / subscriber | loss % | delay p50 / p99 ms | first media p50 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for n in a.subscribers:
             rows = {}
             for name in servers:
                 if name == "janus":
                     server = Janus(workdir)
+                elif name == "mediasoup":
+                    server = Mediasoup(workdir)
                 elif name == "aviary-nocc":
                     server = Aviary(a.binary, ("--config-body", NO_CONGESTION_CONTROL))
                 else:
@@ -159,8 +182,10 @@ def main() -> int:
                 ratio = ""
                 if name != "aviary" and "aviary" in rows:
                     ratio = f"{r['cpu_us_per_packet'] / max(rows['aviary']['cpu_us_per_packet'], 1e-9):.2f}"
+                helper = "" if r["helper_cpu_percent"] is None else f"{r['helper_cpu_percent']:.0f}"
                 print(f"| {n} | {name} | {r['connected']} | {r['cpu_us_per_packet']:.2f} | {ratio} | "
-                      f"{r['forwarded_per_s']:.0f} | {r['server_cpu_percent']:.0f} | {r['load_cpu_percent']:.0f} | "
+                      f"{r['forwarded_per_s']:.0f} | {r['server_cpu_percent']:.0f} | {helper} | "
+                      f"{r['load_cpu_percent']:.0f} | "
                       f"{r['rss_kib_per_subscriber']:.1f} | {r['loss_percent']:.3f} | "
                       f"{r['delay_ms_p50']:.2f} / {r['delay_ms_p99']:.2f} | "
                       f"{r['first_media_ms_p50']:.1f} |", flush=True)

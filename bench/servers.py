@@ -1,5 +1,6 @@
-"""The two servers the load benchmark compares, each started fresh: `aviary serve --dev` and
-Janus with the VideoRoom plugin. Also used by tests/interop/test_janus.py.
+"""The servers the load benchmark compares, each started fresh: `aviary serve --dev`, Janus
+with the VideoRoom plugin, and a mediasoup worker behind bench/mediasoup/server.mjs. Also
+used by tests/interop/test_janus.py and test_mediasoup.py.
 
 Janus must run inside the private network namespace of scripts/testnet.sh: its ICE library
 never gathers loopback interfaces, so it is pinned with `ice_enforce_list` to the veth that
@@ -9,12 +10,21 @@ carries 127.0.0.2, and clients must use 127.0.0.2 as their own address toward it
 from __future__ import annotations
 
 import os
+import select
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
 
 JANUS_LIB = "/usr/lib/x86_64-linux-gnu/janus"
+BENCH = os.path.dirname(os.path.abspath(__file__))
+# Where bench/mediasoup/build.sh installs mediasoup and builds its worker.
+MEDIASOUP_DIR = os.environ.get("MEDIASOUP_DIR", os.path.join(BENCH, "mediasoup", "build"))
+MEDIASOUP_WORKER = os.path.join(
+    MEDIASOUP_DIR, "node_modules/mediasoup/worker/out/Release/build/mediasoup-worker"
+)
+MEDIASOUP_BUILD = f"bench/mediasoup/build.sh {MEDIASOUP_DIR}"
 VETH = "avr0"  # the veth scripts/testnet.sh gives 127.0.0.2
 
 
@@ -46,6 +56,14 @@ def raise_nofile() -> None:
 class Server:
     name = ""
     proc: subprocess.Popen
+
+    def media_pid(self) -> int:
+        """The process that forwards media (whose CPU is the server's)."""
+        return self.proc.pid
+
+    def helper_pids(self) -> dict[str, int]:
+        """Other processes of the server, measured apart (mediasoup's Node signaling)."""
+        return {}
 
     def ready(self) -> None:
         """Waits for the server's TCP port; a server that never opens it is stopped."""
@@ -145,3 +163,46 @@ admin: {{
 
     def load_args(self) -> list[str]:
         return ["--janus", "--url", f"ws://127.0.0.1:{self.port}", "--local-ip", "127.0.0.2"]
+
+
+def mediasoup_available() -> bool:
+    return os.path.isfile(MEDIASOUP_WORKER) and shutil.which("node") is not None
+
+
+class Mediasoup(Server):
+    """A mediasoup worker (one thread, as mediasoup runs one worker per core) with the Node
+    signaling server of bench/mediasoup/server.mjs. Like Janus it binds exactly the IP it
+    is given: 127.0.0.2 on the namespace's veth."""
+
+    name = "mediasoup"
+
+    def __init__(self, workdir: str) -> None:
+        self.port = free_port()
+        self.log = open(os.path.join(workdir, f"mediasoup-{self.port}.log"), "w")
+        self.proc = subprocess.Popen(
+            ["node", os.path.join(BENCH, "mediasoup", "server.mjs"), "--port", str(self.port),
+             "--ip", "127.0.0.2"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env={**os.environ, "MEDIASOUP_DIR": MEDIASOUP_DIR}, preexec_fn=raise_nofile,
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("mediasoup ready "):
+            self.stop()
+            raise RuntimeError(f"mediasoup did not start (said {line!r}); see {self.log.name}")
+        self.worker_pid = int(line.split()[2])
+        self.ready()
+
+    def media_pid(self) -> int:
+        return self.worker_pid
+
+    def helper_pids(self) -> dict[str, int]:
+        return {"node": self.proc.pid}
+
+    def stop(self) -> None:
+        super().stop()
+        self.log.close()
+
+    def load_args(self) -> list[str]:
+        return ["--mediasoup", "--url", f"ws://127.0.0.1:{self.port}", "--local-ip", "127.0.0.2"]

@@ -5,6 +5,7 @@
 pub mod janus;
 pub mod load;
 pub mod media;
+pub mod mediasoup;
 mod session;
 pub mod signal;
 

@@ -25,10 +25,24 @@ use tokio::sync::Semaphore;
 
 use crate::ClientError;
 use crate::janus::{Janus, JanusEvent};
+use crate::mediasoup::{Mediasoup, MediasoupEvent};
 use crate::signal::{Signal, candidate_line};
 
 /// Marks our synthetic payloads.
 const MAGIC: &[u8; 4] = b"AVLT";
+/// Where the marked part of a video payload starts: after a VP8 payload descriptor (one
+/// byte) and the 10-byte header of a VP8 frame, so that servers which look into VP8 (for
+/// keyframes, as mediasoup does before it starts a consumer) see real frames.
+const VP8_HEADER: usize = 11;
+/// A VP8 keyframe's first packet: descriptor (S=1, partition 0), frame tag (key frame,
+/// shown), start code, 640x360.
+const VP8_KEYFRAME: [u8; VP8_HEADER] = [
+    0x10, 0x10, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+];
+/// An inter frame's first packet: the frame tag says not a key frame.
+const VP8_INTERFRAME: [u8; VP8_HEADER] = [0x10, 0x11, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0];
+/// A frame's later packets: descriptor without the start bit.
+const VP8_CONTINUATION: [u8; VP8_HEADER] = [0; VP8_HEADER];
 /// Bytes of payload per video packet.
 const VIDEO_PAYLOAD: usize = 1100;
 /// Bytes of payload per audio packet (20 ms of Opus at ~32 kbps).
@@ -56,12 +70,21 @@ pub enum Target {
         /// VideoRoom room number (created when missing).
         room: u64,
     },
+    /// A mediasoup worker behind bench/mediasoup/server.mjs.
+    Mediasoup {
+        /// WebSocket URL of that server.
+        url: String,
+        /// Room name.
+        room: String,
+    },
 }
 
 impl Target {
     fn url(&self) -> &str {
         match self {
-            Target::Livekit { url, .. } | Target::Janus { url, .. } => url,
+            Target::Livekit { url, .. }
+            | Target::Janus { url, .. }
+            | Target::Mediasoup { url, .. } => url,
         }
     }
 }
@@ -430,6 +453,7 @@ enum SignalEvent {
 enum Link {
     Livekit(Signal),
     Janus(Janus),
+    Mediasoup(Mediasoup),
 }
 
 /// A signaling connection and its keep-alive schedule: LiveKit servers close sessions that
@@ -466,6 +490,7 @@ impl Signaling {
                 signal.send(Req::Ping(ms)).await
             }
             Link::Janus(janus) => janus.keepalive().await,
+            Link::Mediasoup(m) => m.keepalive().await,
         }
     }
 
@@ -484,6 +509,11 @@ impl Signaling {
                 let feeds = shared.feeds.lock().map(|f| f.clone()).unwrap_or_default();
                 janus.join_subscriber(*room, &feeds).await?;
                 Signaling::new(Link::Janus(janus))
+            }
+            Target::Mediasoup { url, room } => {
+                let mut m = Mediasoup::connect(url).await?;
+                m.subscribe(room).await?;
+                Signaling::new(Link::Mediasoup(m))
             }
         })
     }
@@ -521,6 +551,11 @@ impl Signaling {
                 janus.create_room(*room, publishers).await?;
                 janus.join_publisher(*room, identity).await?;
                 Signaling::new(Link::Janus(janus))
+            }
+            Target::Mediasoup { url, room } => {
+                let mut m = Mediasoup::connect(url).await?;
+                m.publish(room).await?;
+                Signaling::new(Link::Mediasoup(m))
             }
         })
     }
@@ -570,6 +605,13 @@ impl Signaling {
                     JanusEvent::Trickle(None) | JanusEvent::WebrtcUp => SignalEvent::Ignored,
                 })
             }
+            Link::Mediasoup(m) => Ok(match m.next_event().await? {
+                None => SignalEvent::Closed,
+                Some(MediasoupEvent::Ready) => SignalEvent::CanOffer,
+                Some(MediasoupEvent::Answer(sdp)) => SignalEvent::Answer(sdp),
+                Some(MediasoupEvent::Offer(sdp)) => SignalEvent::Offer { sdp, id: 0 },
+                Some(MediasoupEvent::Other) => SignalEvent::Ignored,
+            }),
         }
     }
 
@@ -586,6 +628,7 @@ impl Signaling {
                     .await
             }
             Link::Janus(janus) => janus.publish(&sdp).await,
+            Link::Mediasoup(m) => m.offer(&sdp).await,
         }
     }
 
@@ -602,6 +645,7 @@ impl Signaling {
                     .await
             }
             Link::Janus(janus) => janus.start(&sdp).await,
+            Link::Mediasoup(m) => m.answer(&sdp).await,
         }
     }
 
@@ -609,6 +653,7 @@ impl Signaling {
         match self.link {
             Link::Livekit(signal) => signal.leave().await,
             Link::Janus(janus) => janus.leave().await,
+            Link::Mediasoup(m) => m.leave().await,
         }
     }
 }
@@ -664,6 +709,12 @@ async fn subscriber(
                 }
                 Event::RtpPacket(p) => {
                     let d = &p.payload;
+                    let d = if d.len() >= VP8_HEADER + 25 && &d[VP8_HEADER..VP8_HEADER + 4] == MAGIC
+                    {
+                        &d[VP8_HEADER..]
+                    } else {
+                        &d[..]
+                    };
                     if d.len() < 25 || &d[..4] != MAGIC {
                         continue;
                     }
@@ -785,8 +836,15 @@ async fn publisher(
     let mut ts: u32 = 0;
     let mut frame: u64 = 0;
     let mut payload = vec![0u8; payload_len];
-    payload[..4].copy_from_slice(MAGIC);
-    payload[4..8].copy_from_slice(&(track as u32).to_be_bytes());
+    let base = if kind == MediaKind::Video {
+        VP8_HEADER
+    } else {
+        0
+    };
+    payload[base..base + 4].copy_from_slice(MAGIC);
+    payload[base + 4..base + 8].copy_from_slice(&(track as u32).to_be_bytes());
+    // A keyframe asked for (PLI/FIR) goes out with the next frame, as an encoder does.
+    let mut keyframe_asked = false;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
@@ -809,16 +867,25 @@ async fn publisher(
                     owed += per_tick;
                     let count = (owed.floor() as u64).max(1);
                     owed -= count as f64;
+                    // A key frame every 2 s, or when asked for.
+                    let key = kind == MediaKind::Video
+                        && (frame.is_multiple_of(2 * VIDEO_FPS) || keyframe_asked);
+                    if key {
+                        keyframe_asked = false;
+                    }
                     if let Some(tx) = api.stream_tx_by_mid(mid, None) {
                         for k in 0..count {
-                            payload[8] = measuring as u8;
+                            if kind == MediaKind::Video {
+                                payload[..VP8_HEADER].copy_from_slice(match (k, key) {
+                                    (0, true) => &VP8_KEYFRAME,
+                                    (0, false) => &VP8_INTERFRAME,
+                                    _ => &VP8_CONTINUATION,
+                                });
+                            }
+                            payload[base + 8] = measuring as u8;
                             let sent_us = shared.base.elapsed().as_micros() as u64;
-                            payload[9..17].copy_from_slice(&sent_us.to_be_bytes());
-                            payload[17..25].copy_from_slice(&seq.to_be_bytes());
-                            // A key frame every 2 s, flagged as VP8 would be.
-                            payload[25] = (kind == MediaKind::Video
-                                && frame.is_multiple_of(2 * VIDEO_FPS))
-                                as u8;
+                            payload[base + 9..base + 17].copy_from_slice(&sent_us.to_be_bytes());
+                            payload[base + 17..base + 25].copy_from_slice(&seq.to_be_bytes());
                             tx.write_rtp(
                                 RtpWrite::new(pt, seq.into(), ts, now, payload.clone())
                                     .marker(k + 1 == count)
@@ -841,10 +908,14 @@ async fn publisher(
         }
         timeout = timeout.min(drain(&mut rtc, &socket, &mut events)?);
         for e in events.drain(..) {
-            if let Event::Connected = e {
-                connected = true;
-                next_send = Instant::now();
-                shared.publishers_connected.fetch_add(1, Ordering::Relaxed);
+            match e {
+                Event::Connected => {
+                    connected = true;
+                    next_send = Instant::now();
+                    shared.publishers_connected.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::KeyframeRequest(_) => keyframe_asked = true,
+                _ => {}
             }
         }
         let wake = if connected {

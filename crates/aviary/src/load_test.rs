@@ -45,6 +45,10 @@ pub struct LoadTestArgs {
     /// VideoRoom room number with --janus (created when missing).
     #[arg(long, default_value_t = 1234)]
     janus_room: u64,
+    /// The server is a mediasoup worker behind bench/mediasoup/server.mjs (its WebSocket at
+    /// --url, e.g. ws://127.0.0.1:4443): for side-by-side benchmarks.
+    #[arg(long, conflicts_with = "janus")]
+    mediasoup: bool,
     /// Local IP address for the media sockets (default: the one that routes to the server).
     #[arg(long)]
     local_ip: Option<std::net::IpAddr>,
@@ -128,6 +132,11 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
         Target::Janus {
             url: args.remote.url.clone(),
             room: args.janus_room,
+        }
+    } else if args.mediasoup {
+        Target::Mediasoup {
+            url: args.remote.url.clone(),
+            room: args.room.clone(),
         }
     } else {
         Target::Livekit {
