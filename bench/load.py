@@ -3,7 +3,8 @@
 
 For each subscriber count, a fresh `aviary serve`, then a fresh Janus (VideoRoom plugin),
 then a fresh mediasoup worker (behind bench/mediasoup/server.mjs) get the same load from
-`aviary load-test`: 1 video publisher at --video-bitrate, N subscribers. The server's CPU
+`aviary load-test`: 1 video publisher at --video-bitrate (or the publishers given with
+--video-publishers / --audio-publishers), N subscribers. The server's CPU
 time (/proc/PID/stat) and RSS (/proc/PID/status) are sampled when the load tester prints
 `phase: measuring` and `phase: draining` (the measured window); the packets its subscribers
 received in that window are the forwarded packets, for every server alike. mediasoup's
@@ -66,7 +67,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) -> dict:
+def run_one(
+    binary: str, server, subscribers: int, duration: int, bitrate: str, video: int = 1, audio: int = 0
+) -> dict:
     pid = server.media_pid()
     helpers = server.helper_pids()
     try:
@@ -74,7 +77,8 @@ def run_one(binary: str, server, subscribers: int, duration: int, bitrate: str) 
         idle_rss = rss_kib(pid)
         load = subprocess.Popen(
             [binary, "load-test", *server.load_args(), "--room", "bench",
-             "--video-publishers", "1", "--subscribers", str(subscribers),
+             "--video-publishers", str(video), "--audio-publishers", str(audio),
+             "--subscribers", str(subscribers),
              "--duration", f"{duration}s", "--video-bitrate", bitrate, "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
         )
@@ -144,6 +148,10 @@ def main() -> int:
     ap.add_argument("--subscribers", type=int, nargs="+", default=[10, 100, 500, 1000])
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--video-bitrate", default="600k")
+    # The room's shape: 1 video publisher by default; LiveKit's audio benchmark shape is
+    # --video-publishers 0 --audio-publishers 10.
+    ap.add_argument("--video-publishers", type=int, default=1)
+    ap.add_argument("--audio-publishers", type=int, default=0)
     # aviary-nocc: Aviary with rtc.congestion_control off, to measure what it costs.
     ap.add_argument("--servers", nargs="+", default=["aviary", "janus", "mediasoup"],
                     choices=["aviary", "aviary-nocc", "janus", "mediasoup"])
@@ -177,7 +185,9 @@ def main() -> int:
                     server = Aviary(a.binary, ("--config-body", NO_CONGESTION_CONTROL))
                 else:
                     server = Aviary(a.binary)
-                rows[name] = run_one(a.binary, server, n, a.duration, a.video_bitrate)
+                rows[name] = run_one(
+                    a.binary, server, n, a.duration, a.video_bitrate, a.video_publishers, a.audio_publishers
+                )
             for name, r in rows.items():
                 ratio = ""
                 if name != "aviary" and "aviary" in rows:
