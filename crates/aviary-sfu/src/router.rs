@@ -120,7 +120,10 @@ impl Router {
             producer_by_mid: HashMap::new(),
             consumer_by_mid: HashMap::new(),
             next_id: 1,
-            sink: Sink::default(),
+            sink: Sink {
+                now: Some(now),
+                ..Sink::default()
+            },
             touched: Vec::new(),
             now,
             packets_received: 0,
@@ -548,6 +551,7 @@ impl Router {
         receive: Receive<'_>,
     ) -> Result<(), TransportError> {
         self.now = now;
+        self.sink.now = Some(now);
         let t = self
             .transports
             .get_mut(&id)
@@ -562,6 +566,7 @@ impl Router {
     /// keyframe requests go out.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.sink.now = Some(now);
         let mut due = Vec::new();
         while let Some(&Reverse((at, id))) = self.sink.timers.peek() {
             if at > now {

@@ -22,10 +22,16 @@ use crate::red_answer::{OfferedAudio, order_red};
 use crate::rewrite::Rewriter;
 use crate::{ConsumerId, SendDataError, TransportId};
 
+/// Immediate timeout rounds one `drive` runs before leaving the rest to the timer heap: a
+/// bound on the work one call does, far above what one fan-out needs.
+const MAX_ROUNDS_PER_DRIVE: usize = 512;
+
 /// What a transport's drive produces: outputs for the router's owner, and events the router
 /// itself acts on (media to forward, keyframe requests, m-lines coming and going).
 #[derive(Default)]
 pub(crate) struct Sink {
+    /// The router's time: what "due" means when driving a transport.
+    pub(crate) now: Option<Instant>,
     pub(crate) out: VecDeque<Output>,
     pub(crate) internal: VecDeque<Internal>,
     /// Every deadline a transport has announced, earliest first. Entries go stale when the
@@ -638,9 +644,25 @@ impl Transport {
 
     /// Drains str0m's outputs until its next timeout.
     pub(crate) fn drive(&mut self, sink: &mut Sink) {
+        let mut rounds = 0;
         loop {
             match self.rtc.poll_output() {
                 Ok(str0m::Output::Timeout(t)) => {
+                    // With BWE on, str0m's pacer lets one packet out per timeout round and
+                    // asks for another round at once. Run those rounds here: left to the
+                    // timer heap, a transport would send one packet per pass of the
+                    // worker's loop, and a fan-out faster than that queues without bound.
+                    if let Some(now) = sink.now
+                        && t <= now
+                        && rounds < MAX_ROUNDS_PER_DRIVE
+                    {
+                        rounds += 1;
+                        match self.contain(|rtc| rtc.handle_input(Input::Timeout(now))) {
+                            Ok(Ok(())) => continue,
+                            Ok(Err(e)) => debug!(transport = %self.id, "handle_timeout: {e}"),
+                            Err(_) => return,
+                        }
+                    }
                     if self.next_timeout != Some(t) {
                         self.next_timeout = Some(t);
                         sink.timers.push(Reverse((t, self.id)));

@@ -329,3 +329,45 @@ fn a_bandwidth_override_is_allocated_within_until_cleared() {
     run(&mut sim, &mut [&mut cam], 3);
     assert_eq!(paused(&sim), [true, false], "resumed on the real estimate");
 }
+
+/// With BWE on, str0m's pacer lets one packet out per timeout round. A burst of packets
+/// that reaches the router at one instant (one batch of the worker's socket reads) must
+/// still leave toward the subscriber in that same pass, not one per later round: else a
+/// subscriber receiving more packets per pass than there are passes queues without bound
+/// (ten audio publishers into hundreds of subscribers did, until the server stalled).
+#[test]
+fn a_burst_in_one_instant_leaves_in_the_same_pass() {
+    let mut s = sim(11, false);
+    let (publisher, mids) = s.join_publisher("pub", &[aviary_sfu::MediaKind::Audio]);
+    let sub = s.join_subscriber("sub");
+    let (producer, _) = s.producers()[0];
+    s.consume(producer, sub);
+    // Warm the path up: the consumer's first packet starts its stream.
+    s.stream(publisher, mids[0], 1, 5, Duration::from_millis(20), 960);
+    s.run_for(Duration::from_millis(100));
+
+    let burst = s.capture_rtp(publisher, mids[0], 100, 20, &[0xfc, 1, 2]);
+    assert_eq!(burst.len(), 20);
+    let from_publisher = s.clients[publisher].transport;
+    let to = s.clients[sub].addr;
+    let now = s.now + Duration::from_millis(1);
+    for (src, dst, data) in &burst {
+        let r = aviary_sfu::Receive::new(aviary_sfu::Protocol::Udp, *src, *dst, data).unwrap();
+        s.router.handle_receive(now, from_publisher, r).unwrap();
+    }
+    let mut rtp_out = 0;
+    loop {
+        match s.router.poll_output() {
+            aviary_sfu::Output::Transmit(t) => {
+                let rtp = t.contents.first().is_some_and(|b| (128..=191).contains(b))
+                    && t.contents.get(1).is_some_and(|b| !(192..=223).contains(b));
+                if t.destination == to && rtp {
+                    rtp_out += 1;
+                }
+            }
+            aviary_sfu::Output::Event(_) => {}
+            aviary_sfu::Output::Timeout(_) => break,
+        }
+    }
+    assert_eq!(rtp_out, 20, "the whole burst leaves before any timer runs");
+}
