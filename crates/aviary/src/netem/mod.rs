@@ -251,7 +251,9 @@ where
     loop {
         let next = waiting.peek().map(|std::cmp::Reverse((at, _, _))| *at);
         tokio::select! {
-            got = rx.recv() => match got {
+            // While IN_FLIGHT wait here the channel fills up, and the sender drops: the
+            // bound on what one direction holds.
+            got = rx.recv(), if waiting.len() < IN_FLIGHT => match got {
                 Some((at, data)) => {
                     seq += 1;
                     waiting.push(std::cmp::Reverse((at, seq, data)));
