@@ -653,18 +653,23 @@ class Client:
     def disconnect_reasons(self) -> list[Any]:
         return [e.args[0] if e.args else None for e in self.seen("disconnected")]
 
-    async def selected_transports(self) -> dict[str, str]:
-        """The protocol ("udp"/"tcp") of the candidate pair each of the client's peer
-        connections selected, by "publisher"/"subscriber" (those with one)."""
+    async def _per_connection(self, read: Callable[[list[Any]], Any]) -> dict[str, Any]:
+        """`read` of each of the client's peer connections' stats reports, by
+        "publisher"/"subscriber", for those where it is not None."""
         stats = await self.room.get_rtc_stats()
         return {
-            side: proto
+            side: value
             for side, reports in (
                 ("publisher", stats.publisher_stats),
                 ("subscriber", stats.subscriber_stats),
             )
-            if (proto := selected_protocol(reports)) is not None
+            if (value := read(reports)) is not None
         }
+
+    async def selected_transports(self) -> dict[str, str]:
+        """The protocol ("udp"/"tcp") of the candidate pair each of the client's peer
+        connections selected, by "publisher"/"subscriber" (those with one)."""
+        return await self._per_connection(selected_protocol)
 
     async def data_messages_sent(self, label: str = "_reliable") -> int:
         """Messages the client's publisher connection has sent on the data channel
@@ -680,15 +685,7 @@ class Client:
     async def selected_remotes(self) -> dict[str, tuple[str, int]]:
         """The server's (address, port) in the candidate pair each of the client's peer
         connections selected, by "publisher"/"subscriber" (those with one)."""
-        stats = await self.room.get_rtc_stats()
-        return {
-            side: remote
-            for side, reports in (
-                ("publisher", stats.publisher_stats),
-                ("subscriber", stats.subscriber_stats),
-            )
-            if (remote := selected_remote(reports)) is not None
-        }
+        return await self._per_connection(selected_remote)
 
     async def disconnect(self) -> None:
         self.expect("disconnected")

@@ -285,6 +285,21 @@ async def test_a_narrow_link_gets_the_layer_that_fits_then_full_resolution(tmp_p
                 await tone.stop()
 
 
+async def publish_camera_and_microphone(
+    publisher: Client, video: LoopVideoSender, tone: ToneSender
+) -> tuple[rtc.LocalTrackPublication, rtc.LocalTrackPublication]:
+    """Publishes `video` as a one-layer camera and `tone` as the microphone."""
+    video_pub = await publish_track(
+        publisher,
+        video.track,
+        rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False),
+    )
+    audio_pub = await publish_track(
+        publisher, tone.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    )
+    return video_pub, audio_pub
+
+
 def own_quality(client: Client) -> list["rtc.ConnectionQuality.ValueType"]:
     """The qualities the SDK reported for the client itself, in order."""
     me = client.room.local_participant.identity
@@ -301,14 +316,7 @@ async def test_loss_lowers_connection_quality_while_video_keeps_decoding(tmp_pat
             tone = ToneSender(440.0).start(SEND_SECONDS)
             frames = None
             try:
-                video_pub = await publish_track(
-                    publisher,
-                    video.track,
-                    rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False),
-                )
-                await publish_track(
-                    publisher, tone.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-                )
+                video_pub, _ = await publish_camera_and_microphone(publisher, video, tone)
                 frames = FrameLog((await wait_track_subscribed(subscriber, video_pub.sid)).args[0])
                 loop = asyncio.get_running_loop()
                 excellent = rtc.ConnectionQuality.QUALITY_EXCELLENT
@@ -380,14 +388,7 @@ async def test_reordering_and_loss_keep_audio_and_video_whole(tmp_path: Path) ->
             tone = ToneSender(440.0).start(SEND_SECONDS)
             frames = probe = None
             try:
-                video_pub = await publish_track(
-                    publisher,
-                    video.track,
-                    rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False),
-                )
-                audio_pub = await publish_track(
-                    publisher, tone.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-                )
+                video_pub, audio_pub = await publish_camera_and_microphone(publisher, video, tone)
                 frames = FrameLog((await wait_track_subscribed(subscriber, video_pub.sid)).args[0])
                 probe = AudioProbe((await wait_track_subscribed(subscriber, audio_pub.sid)).args[0], "sub")
                 await probe.wait_for_tone(440.0, min_seconds=1.0, what="the tone before the shaping")
