@@ -39,18 +39,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import (  # noqa: E402
-    MEDIASOUP_BUILD,
-    Aviary,
-    Janus,
-    Mediasoup,
-    mediasoup_available,
-    raise_nofile,
-)
+from servers import available, in_namespace, raise_nofile, start  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NS_MARK = "AVIARY_BENCH_NETNS"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -139,9 +131,6 @@ def run_one(
         server.stop()
 
 
-NO_CONGESTION_CONTROL = "rtc: {congestion_control: {enabled: false}}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/aviary"))
@@ -156,18 +145,10 @@ def main() -> int:
     ap.add_argument("--servers", nargs="+", default=["aviary", "janus", "mediasoup"],
                     choices=["aviary", "aviary-nocc", "janus", "mediasoup"])
     a = ap.parse_args()
-    if not os.environ.get(NS_MARK):
-        # Re-run inside a private network namespace (see the module docs).
-        cmd = [os.path.join(ROOT, "scripts/testnet.sh"), "run", "--", "env", f"{NS_MARK}=1",
-               sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
-        return subprocess.call(cmd)
-    servers = list(a.servers)
-    if "janus" in servers and not shutil.which("janus"):
-        print("no janus binary (apt-get install janus): measuring Aviary only", file=sys.stderr)
-        servers.remove("janus")
-    if "mediasoup" in servers and not mediasoup_available():
-        print(f"no mediasoup worker (build it: {MEDIASOUP_BUILD}): leaving mediasoup out", file=sys.stderr)
-        servers.remove("mediasoup")
+    status = in_namespace(__file__, sys.argv[1:])  # see the module docs
+    if status is not None:
+        return status
+    servers = available(a.servers)
     workdir = tempfile.mkdtemp(prefix="aviary-bench-")
     print("| subscribers | server | connected | server CPU-µs / forwarded packet | ÷ Aviary | "
           "forwarded pkt/s | server CPU % | its signaling CPU % | load tester CPU % | "
@@ -177,14 +158,7 @@ def main() -> int:
         for n in a.subscribers:
             rows = {}
             for name in servers:
-                if name == "janus":
-                    server = Janus(workdir)
-                elif name == "mediasoup":
-                    server = Mediasoup(workdir)
-                elif name == "aviary-nocc":
-                    server = Aviary(a.binary, ("--config-body", NO_CONGESTION_CONTROL))
-                else:
-                    server = Aviary(a.binary)
+                server = start(name, workdir, a.binary)
                 rows[name] = run_one(
                     a.binary, server, n, a.duration, a.video_bitrate, a.video_publishers, a.audio_publishers
                 )

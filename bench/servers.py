@@ -14,6 +14,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -206,3 +207,42 @@ class Mediasoup(Server):
 
     def load_args(self) -> list[str]:
         return ["--mediasoup", "--url", f"ws://127.0.0.1:{self.port}", "--local-ip", "127.0.0.2"]
+
+
+NS_MARK = "AVIARY_BENCH_NETNS"
+ROOT = os.path.dirname(BENCH)
+# Aviary with congestion control off, to measure what it costs (bench/load.py's aviary-nocc).
+NO_CONGESTION_CONTROL = "rtc: {congestion_control: {enabled: false}}"
+
+
+def in_namespace(script: str, argv: list[str]) -> int | None:
+    """Re-runs `script` inside a private network namespace (scripts/testnet.sh) unless it
+    already runs in one; returns the exit status of that run, or None when already inside."""
+    if os.environ.get(NS_MARK):
+        return None
+    cmd = [os.path.join(ROOT, "scripts/testnet.sh"), "run", "--", "env", f"{NS_MARK}=1",
+           sys.executable, os.path.abspath(script), *argv]
+    return subprocess.call(cmd)
+
+
+def available(names: list[str]) -> list[str]:
+    """The servers of `names` installed here; the others are named on stderr."""
+    servers = list(names)
+    if "janus" in servers and not shutil.which("janus"):
+        print("no janus binary (apt-get install janus): leaving Janus out", file=sys.stderr)
+        servers.remove("janus")
+    if "mediasoup" in servers and not mediasoup_available():
+        print(f"no mediasoup worker (build it: {MEDIASOUP_BUILD}): leaving mediasoup out", file=sys.stderr)
+        servers.remove("mediasoup")
+    return servers
+
+
+def start(name: str, workdir: str, binary: str) -> Server:
+    """A fresh server of that name: aviary, aviary-nocc, janus or mediasoup."""
+    if name == "janus":
+        return Janus(workdir)
+    if name == "mediasoup":
+        return Mediasoup(workdir)
+    if name == "aviary-nocc":
+        return Aviary(binary, ("--config-body", NO_CONGESTION_CONTROL))
+    return Aviary(binary)

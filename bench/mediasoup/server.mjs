@@ -47,6 +47,8 @@ const KNOWN_EXTENSIONS = new Set([
   "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
   "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
   "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+  "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+  "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
 ]);
 
 const worker = await mediasoup.createWorker({ logLevel: "warn", rtcMinPort: 40000, rtcMaxPort: 49999 });
@@ -132,6 +134,10 @@ function producerParameters(offer) {
   const fid = attrs(m, "ssrc-group").find((v) => v.startsWith("FID "))?.split(" ").slice(1).map(Number);
   const ssrc = fid ? fid[0] : ssrcs[0];
   const cname = attrs(m, "ssrc").find((v) => v.includes(" cname:"))?.split("cname:")[1] ?? "load";
+  // Simulcast by rid: the layers as a=simulcast lists them (the load tester lists them low
+  // to high, the order mediasoup's encodings take).
+  const simulcast = attrs(m, "simulcast")[0]?.match(/send ([^ ]+)/)?.[1];
+  const rids = simulcast ? simulcast.split(";").map((r) => r.split(",")[0].replace(/^~/, "")) : [];
   const headerExtensions = attrs(m, "extmap")
     .map((v) => v.split(" "))
     .filter(([, uri]) => KNOWN_EXTENSIONS.has(uri))
@@ -143,10 +149,13 @@ function producerParameters(offer) {
       mid,
       codecs,
       headerExtensions,
-      encodings: [fid && rtxPt ? { ssrc, rtx: { ssrc: fid[1] } } : { ssrc }],
+      encodings: rids.length
+        ? rids.map((rid) => ({ rid }))
+        : [fid && rtxPt ? { ssrc, rtx: { ssrc: fid[1] } } : { ssrc }],
       rtcp: { cname, reducedSize: true },
     },
     extmaps: attrs(m, "extmap"),
+    rids,
   };
 }
 
@@ -204,6 +213,8 @@ function answerFor(transport, p, producer) {
     "a=recvonly",
     ...p.extmaps.filter((v) => KNOWN_EXTENSIONS.has(v.split(" ")[1])).map((v) => `a=extmap:${v}`),
     ...codecLines(codecs),
+    ...p.rids.map((rid) => `a=rid:${rid} recv`),
+    ...(p.rids.length ? [`a=simulcast:recv ${p.rids.join(";")}`] : []),
   ];
   return session([p.mid], m);
 }

@@ -115,7 +115,8 @@ impl Janus {
     pub async fn publish(&mut self, offer_sdp: &str) -> Result<(), ClientError> {
         self.message(
             json!({"request": "publish"}),
-            Some(json!({"type": "offer", "sdp": offer_sdp})),
+            // Our simulcast offers list their rids low to high.
+            Some(json!({"type": "offer", "sdp": offer_sdp, "rid_order": "lmh"})),
         )
         .await?;
         self.end_of_candidates().await

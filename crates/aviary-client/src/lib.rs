@@ -3,6 +3,7 @@
 //! command and the tests use it.
 
 pub mod janus;
+pub mod link;
 pub mod load;
 pub mod media;
 pub mod mediasoup;

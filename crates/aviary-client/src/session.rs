@@ -17,12 +17,13 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Rtc};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, warn};
 
 use crate::ClientError;
+use crate::load::drain;
 use crate::media::ivf::IvfWriter;
 use crate::media::ogg::OggOpusWriter;
 use crate::media::{FileCodec, MediaFile};
@@ -162,25 +163,6 @@ fn vp8_size(frame: &[u8]) -> Option<(u16, u16)> {
         return Some((w, h));
     }
     None
-}
-
-fn drain(
-    rtc: &mut Rtc,
-    socket: &UdpSocket,
-    events: &mut Vec<Event>,
-) -> Result<Instant, ClientError> {
-    loop {
-        match rtc
-            .poll_output()
-            .map_err(|e| ClientError::Rtc(e.to_string()))?
-        {
-            Output::Timeout(t) => return Ok(t),
-            Output::Transmit(t) => {
-                let _ = socket.try_send_to(&t.contents, t.destination);
-            }
-            Output::Event(e) => events.push(e),
-        }
-    }
 }
 
 fn signal(msg: Req) -> WsMessage {

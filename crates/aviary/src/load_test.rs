@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aviary_client::link::LinkParams;
 use aviary_client::load::{self, LoadOptions, LoadReport, Progress, Target};
 use clap::Args;
 
@@ -35,6 +36,23 @@ pub struct LoadTestArgs {
     /// Bitrate of each video track, e.g. 600k, 1.5M.
     #[arg(long, default_value = "600k", value_parser = parse_bitrate)]
     video_bitrate: u64,
+    /// Send each video track as three simulcast layers (rids q, h, f with 10 %, 30 % and
+    /// 60 % of --video-bitrate).
+    #[arg(long)]
+    simulcast: bool,
+    /// Shape every subscriber's downlink to this rate (e.g. 400k), inside the load tester:
+    /// the same bad link in front of any server.
+    #[arg(long, value_parser = crate::netem::parse_rate)]
+    subscriber_rate: Option<u64>,
+    /// Bytes the shaped downlink queues before it drops.
+    #[arg(long, value_parser = crate::netem::parse_size, default_value = "32k")]
+    subscriber_queue: usize,
+    /// Random loss on each subscriber's downlink, e.g. 5%.
+    #[arg(long, value_parser = crate::netem::parse_loss, default_value = "0")]
+    subscriber_loss: f64,
+    /// Delay added to each subscriber's downlink.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    subscriber_delay: Duration,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -80,6 +98,8 @@ fn report_json(r: &LoadReport) -> serde_json::Value {
         "first_media_ms_p99": r.first_media_ms_p99,
         "packets_received": r.packets_received,
         "loss_percent": r.loss_percent,
+        "audio_loss_percent": r.audio_loss_percent,
+        "video": video_json(r),
         "bitrate_per_subscriber_bps": r.bitrate_per_subscriber,
         "delay_ms_p50": r.delay_ms_p50,
         "delay_ms_p99": r.delay_ms_p99,
@@ -90,6 +110,24 @@ fn report_json(r: &LoadReport) -> serde_json::Value {
             "packets_sent": t.packets_sent,
             "packets_received": t.packets_received,
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// Per (subscriber, video track) pair, averaged: what a viewer saw.
+fn video_json(r: &LoadReport) -> serde_json::Value {
+    let v = &r.video;
+    let streams = v.streams.max(1) as f64;
+    let frames = v.counts.frames.max(1) as f64;
+    serde_json::json!({
+        "streams": v.streams,
+        "frames_per_s": v.counts.frames as f64 / streams / r.seconds.max(1e-9),
+        "freezes_per_stream": v.counts.freezes as f64 / streams,
+        "frozen_percent": 100.0 * v.counts.frozen.as_secs_f64() / streams / r.seconds.max(1e-9),
+        "loss_percent": v.loss_percent(),
+        "layers_percent": v.counts.frames_by_layer.map(|n| 100.0 * n as f64 / frames),
+        "settled_frames_per_s": v.settled.frames as f64 / streams / (r.seconds / 2.0).max(1e-9),
+        "settled_frozen_percent":
+            100.0 * v.settled.frozen.as_secs_f64() / streams / (r.seconds / 2.0).max(1e-9),
     })
 }
 
@@ -111,6 +149,23 @@ fn report_table(r: &LoadReport) -> String {
         r.delay_ms_p50,
         r.delay_ms_p99,
     ));
+    if r.video.streams > 0 {
+        let v = video_json(r);
+        out.push_str(&format!(
+            "video per subscriber   {:.1} frames/s decoded, {:.2} freezes (> {} ms), {:.1} % frozen, \
+             {:.2} % loss after repair, frames per layer (low/mid/high) {} %\n\n",
+            v["frames_per_s"].as_f64().unwrap_or_default(),
+            v["freezes_per_stream"].as_f64().unwrap_or_default(),
+            aviary_client::load::FREEZE.as_millis(),
+            v["frozen_percent"].as_f64().unwrap_or_default(),
+            v["loss_percent"].as_f64().unwrap_or_default(),
+            r.video
+                .counts
+                .frames_by_layer
+                .map(|n| format!("{:.0}", 100.0 * n as f64 / r.video.counts.frames.max(1) as f64))
+                .join("/"),
+        ));
+    }
     out.push_str("TRACK  KIND   PUBLISHER    SENT      RECEIVED (all subscribers)\n");
     for (i, t) in r.tracks.iter().enumerate() {
         out.push_str(&format!(
@@ -152,6 +207,17 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
         subscribers: args.subscribers,
         duration: args.duration,
         video_bitrate: args.video_bitrate,
+        simulcast: args.simulcast,
+        subscriber_link: (args.subscriber_rate.is_some()
+            || args.subscriber_loss > 0.0
+            || !args.subscriber_delay.is_zero())
+        .then(|| LinkParams {
+            rate: args.subscriber_rate.filter(|r| *r > 0),
+            queue: args.subscriber_queue,
+            delay: args.subscriber_delay,
+            loss: args.subscriber_loss,
+            ..LinkParams::default()
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -11,8 +11,6 @@
 //! (each answered `ok` or with what was wrong); `stats` answers
 //! `ok passed=N lost=N overflowed=N reordered=N`, both directions of every flow so far.
 
-mod link;
-
 use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +25,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use link::{Link, LinkParams, LinkStats, Verdict};
+pub use aviary_client::link::{Link, LinkParams, LinkStats, Verdict};
 
 /// Datagrams one direction of one flow may have scheduled and not yet sent; past this the
 /// shaper is behind and drops (it never holds more than the queue allows anyway).
@@ -337,12 +335,12 @@ fn apply(s: &mut Settings, line: &str) -> anyhow::Result<()> {
 }
 
 /// `500k`, `1.5m`, `2000000` (bits per second).
-fn parse_rate(v: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_rate(v: &str) -> anyhow::Result<u64> {
     scaled(v, 1000.0).with_context(|| format!("bad rate {v:?}: expected e.g. 500k or 1.5m"))
 }
 
 /// `64k`, `1m`, `1500` (bytes).
-fn parse_size(v: &str) -> anyhow::Result<usize> {
+pub(crate) fn parse_size(v: &str) -> anyhow::Result<usize> {
     scaled(v, 1024.0)
         .map(|n| n as usize)
         .with_context(|| format!("bad size {v:?}: expected e.g. 64k"))
@@ -364,7 +362,7 @@ fn scaled(v: &str, unit: f64) -> anyhow::Result<u64> {
 }
 
 /// `2%` or `0.02`.
-fn parse_loss(v: &str) -> anyhow::Result<f64> {
+pub(crate) fn parse_loss(v: &str) -> anyhow::Result<f64> {
     let l = match v.strip_suffix('%') {
         Some(p) => p.trim().parse::<f64>()? / 100.0,
         None => v.trim().parse::<f64>()?,

@@ -16,7 +16,9 @@ use livekit_protocol::signal_request::Message as Req;
 use livekit_protocol::signal_response::Message as Resp;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -25,24 +27,17 @@ use tokio::sync::Semaphore;
 
 use crate::ClientError;
 use crate::janus::{Janus, JanusEvent};
+use crate::link::{Link as ShapedLink, LinkParams, Verdict};
 use crate::mediasoup::{Mediasoup, MediasoupEvent};
 use crate::signal::{Signal, candidate_line};
 
+mod video;
+
+pub use video::{FREEZE, FrameDecoder, VideoCounts};
+use video::{FrameMark, Packetizer, SIMULCAST, SeqWindow, VP8_HEADER};
+
 /// Marks our synthetic payloads.
 const MAGIC: &[u8; 4] = b"AVLT";
-/// Where the marked part of a video payload starts: after a VP8 payload descriptor (one
-/// byte) and the 10-byte header of a VP8 frame, so that servers which look into VP8 (for
-/// keyframes, as mediasoup does before it starts a consumer) see real frames.
-const VP8_HEADER: usize = 11;
-/// A VP8 keyframe's first packet: descriptor (S=1, partition 0), frame tag (key frame,
-/// shown), start code, 640x360.
-const VP8_KEYFRAME: [u8; VP8_HEADER] = [
-    0x10, 0x10, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
-];
-/// An inter frame's first packet: the frame tag says not a key frame.
-const VP8_INTERFRAME: [u8; VP8_HEADER] = [0x10, 0x11, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0];
-/// A frame's later packets: descriptor without the start bit.
-const VP8_CONTINUATION: [u8; VP8_HEADER] = [0; VP8_HEADER];
 /// Bytes of payload per video packet.
 const VIDEO_PAYLOAD: usize = 1100;
 /// Bytes of payload per audio packet (20 ms of Opus at ~32 kbps).
@@ -104,8 +99,13 @@ pub struct LoadOptions {
     pub subscribers: usize,
     /// Length of the measured run.
     pub duration: Duration,
-    /// Bits per second of each video track.
+    /// Bits per second of each video track (all its layers together).
     pub video_bitrate: u64,
+    /// Video tracks are sent as three simulcast layers (rids q, h, f).
+    pub simulcast: bool,
+    /// Each subscriber receives through a link shaped so (its downlink), applied in this
+    /// process to the datagrams its socket receives.
+    pub subscriber_link: Option<LinkParams>,
 }
 
 /// One track's counts.
@@ -138,8 +138,13 @@ pub struct LoadReport {
     pub tracks: Vec<TrackReport>,
     /// All packets received by all subscribers in the measured run.
     pub packets_received: u64,
-    /// 1 − received / (sent × subscribers), in percent.
+    /// 1 − received / (sent × subscribers), in percent, over the tracks every subscriber
+    /// should get in full (audio, and video sent as one layer).
     pub loss_percent: f64,
+    /// The same for the audio tracks alone.
+    pub audio_loss_percent: f64,
+    /// What subscribers saw of the video tracks.
+    pub video: VideoReport,
     /// Average bitrate received per subscriber, bits/s.
     pub bitrate_per_subscriber: f64,
     /// Send-to-receive delay, p50 and p99, ms.
@@ -148,6 +153,32 @@ pub struct LoadReport {
     pub delay_ms_p99: f64,
     /// Length of the measured run, s.
     pub seconds: f64,
+}
+
+/// What the subscribers saw of the video tracks in the measured run, all together.
+#[derive(Debug, Clone, Default)]
+pub struct VideoReport {
+    /// (subscriber, video track) pairs counted.
+    pub streams: usize,
+    /// Frames decoded, freezes and frozen time, summed over those pairs.
+    pub counts: VideoCounts,
+    /// The same over the second half of the run: once adaptation had time to settle.
+    pub settled: VideoCounts,
+    /// Distinct RTP packets received (after retransmissions) and the span of sequence
+    /// numbers they came from, summed over those pairs: loss at the subscriber.
+    pub packets_unique: u64,
+    /// See `packets_unique`.
+    pub packets_expected: u64,
+}
+
+impl VideoReport {
+    /// Loss at the subscribers after repair, in percent.
+    pub fn loss_percent(&self) -> f64 {
+        if self.packets_expected == 0 {
+            return 0.0;
+        }
+        100.0 * (1.0 - self.packets_unique as f64 / self.packets_expected as f64).max(0.0)
+    }
 }
 
 /// Live counters, shared by every task (and read by the progress display).
@@ -206,6 +237,9 @@ struct Shared {
     feeds: Mutex<Vec<u64>>,
     delays_us: Mutex<Vec<u32>>,
     received: Mutex<Vec<u64>>,
+    /// When the measured run started and ended.
+    window: Mutex<(Option<Instant>, Option<Instant>)>,
+    video: Mutex<VideoReport>,
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -258,7 +292,7 @@ fn rtc_err(e: impl std::fmt::Display) -> ClientError {
 }
 
 /// Drains an `Rtc`: sends its datagrams, returns its events and next timeout.
-fn drain(
+pub(crate) fn drain(
     rtc: &mut Rtc,
     socket: &UdpSocket,
     events: &mut Vec<Event>,
@@ -291,6 +325,8 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
         feeds: Mutex::new(Vec::new()),
         delays_us: Mutex::new(Vec::new()),
         received: Mutex::new(vec![0; tracks]),
+        window: Mutex::new((None, None)),
+        video: Mutex::new(VideoReport::default()),
     });
     // Publishers first (Janus subscribers name the feeds they want), then subscribers, whose
     // join time runs to the first media packet as well as to the connection.
@@ -356,11 +392,17 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
     while shared.seen_all.load(Ordering::Relaxed) < connected && Instant::now() < warm_until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let started = Instant::now();
+    if let Ok(mut w) = shared.window.lock() {
+        w.0 = Some(started);
+    }
     shared.measuring.store(true, Ordering::Release);
     progress.phase.store(2, Ordering::Relaxed);
-    let started = Instant::now();
     tokio::time::sleep(options.duration).await;
     shared.measuring.store(false, Ordering::Release);
+    if let Ok(mut w) = shared.window.lock() {
+        w.1 = Some(Instant::now());
+    }
     let seconds = started.elapsed().as_secs_f64();
     progress.phase.store(3, Ordering::Relaxed);
     // Packets still in flight count; then everyone leaves.
@@ -385,7 +427,25 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
         .unwrap_or_default();
     let subs = progress.subscribers_connected.load(Ordering::Relaxed);
     let total_received: u64 = received.iter().sum();
-    let expected: u64 = sent.iter().sum::<u64>() * subs as u64;
+    let is_video = |t: usize| t < options.video_publishers;
+    // Loss over the tracks every subscriber should get whole: with simulcast a subscriber
+    // gets one layer of the video, so only audio counts there.
+    let whole = |t: &usize| !(options.simulcast && is_video(*t));
+    let loss = |tracks: &mut dyn Iterator<Item = usize>| {
+        let (mut got, mut want) = (0u64, 0u64);
+        for t in tracks {
+            got += received[t];
+            want += sent[t] * subs as u64;
+        }
+        if want == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - got as f64 / want as f64).max(0.0)
+        }
+    };
+    let loss_percent = loss(&mut (0..tracks).filter(whole));
+    let audio_loss_percent = loss(&mut (0..tracks).filter(|t| !is_video(*t)));
+    let video = shared.video.lock().map(|v| v.clone()).unwrap_or_default();
     let mut join = shared.join_ms.lock().map(|v| v.clone()).unwrap_or_default();
     let mut first_media = shared
         .first_media_ms
@@ -417,11 +477,9 @@ pub async fn run(options: LoadOptions, progress: Arc<Progress>) -> Result<LoadRe
             })
             .collect(),
         packets_received: total_received,
-        loss_percent: if expected == 0 {
-            0.0
-        } else {
-            100.0 * (1.0 - total_received as f64 / expected as f64).max(0.0)
-        },
+        loss_percent,
+        audio_loss_percent,
+        video,
         bitrate_per_subscriber: if subs == 0 {
             0.0
         } else {
@@ -540,6 +598,11 @@ impl Signaling {
                         source: source as i32,
                         width: 640,
                         height: 360,
+                        layers: if options.simulcast && kind == MediaKind::Video {
+                            simulcast_layers(options.video_bitrate)
+                        } else {
+                            Vec::new()
+                        },
                         ..Default::default()
                     }))
                     .await?;
@@ -658,11 +721,80 @@ impl Signaling {
     }
 }
 
+/// The layers of a simulcast video track, as an SDK announces them.
+fn simulcast_layers(bitrate: u64) -> Vec<proto::VideoLayer> {
+    let qualities = [
+        proto::VideoQuality::Low,
+        proto::VideoQuality::Medium,
+        proto::VideoQuality::High,
+    ];
+    SIMULCAST
+        .iter()
+        .zip(qualities)
+        .map(|(l, q)| proto::VideoLayer {
+            quality: q as i32,
+            width: l.width,
+            height: l.height,
+            bitrate: (bitrate as f64 * l.share) as u32,
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn add_candidate(rtc: &mut Rtc, line: &str) {
     let line = line.strip_prefix("a=").unwrap_or(line);
     if let Ok(c) = Candidate::from_sdp_string(line) {
         rtc.add_remote_candidate(c);
     }
+}
+
+/// A subscriber's downlink when it is shaped: datagrams wait here until the link delivers
+/// them.
+struct Downlink {
+    params: LinkParams,
+    link: ShapedLink,
+    /// (delivery time, source, bytes), in delivery order (the link keeps order: no
+    /// reordering is configured here).
+    queue: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+}
+
+impl Downlink {
+    fn new(params: LinkParams, seed: u64) -> Self {
+        Self {
+            params: LinkParams {
+                reorder: 0.0,
+                ..params
+            },
+            link: ShapedLink::new(seed),
+            queue: Default::default(),
+        }
+    }
+
+    fn offer(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        if let Verdict::Deliver(at) = self.link.offer(&self.params, now, bytes.len()) {
+            self.queue.push_back((at, source, bytes.to_vec()));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(at, _, _)| *at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        if self.next_due()? > now {
+            return None;
+        }
+        self.queue.pop_front().map(|(_, s, b)| (s, b))
+    }
+}
+
+/// What one subscriber counts of one video track.
+#[derive(Default)]
+struct VideoSeen {
+    decoder: FrameDecoder,
+    seqs: SeqWindow,
+    /// When this subscriber last asked for a key frame.
+    keyframe_asked: Option<Instant>,
 }
 
 async fn subscriber(
@@ -681,17 +813,33 @@ async fn subscriber(
     let socket = local_socket(options.target.url(), options.local_ip).await?;
     let local = socket.local_addr()?;
     let mut rtc = new_rtc(local)?;
+    let mut downlink = options
+        .subscriber_link
+        .map(|p| Downlink::new(p, index as u64 + 1));
     let mut buf = vec![0u8; 2000];
     let mut events = Vec::new();
     let mut permit = Some(permit);
     let mut seen = vec![false; shared.tracks];
     let mut seen_count = 0;
+    let mut first_media = false;
     let mut received = vec![0u64; shared.tracks];
+    let mut videos: Vec<VideoSeen> = (0..options.video_publishers)
+        .map(|_| VideoSeen::default())
+        .collect();
     let mut delays = Vec::new();
     let mut timeout = Instant::now();
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
+        }
+        if let Some(d) = downlink.as_mut() {
+            let now = Instant::now();
+            while let Some((source, bytes)) = d.pop_due(now) {
+                if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &bytes) {
+                    rtc.handle_input(Input::Receive(now, recv))
+                        .map_err(rtc_err)?;
+                }
+            }
         }
         timeout = timeout.min(drain(&mut rtc, &socket, &mut events)?);
         for e in events.drain(..) {
@@ -722,19 +870,37 @@ async fn subscriber(
                     if track >= shared.tracks {
                         continue;
                     }
-                    if !seen[track] {
-                        if seen_count == 0
-                            && let Ok(mut f) = shared.first_media_ms.lock()
-                        {
-                            f.push(start.elapsed().as_secs_f64() * 1000.0);
+                    if !first_media && let Ok(mut f) = shared.first_media_ms.lock() {
+                        first_media = true;
+                        f.push(start.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    let measured = d[8] == 1;
+                    if let (Some(v), Some(mark)) = (videos.get_mut(track), FrameMark::read(d)) {
+                        let measuring = shared.measuring.load(Ordering::Acquire);
+                        let now = Instant::now();
+                        v.decoder.on_packet(mark, now, measuring);
+                        if measured {
+                            v.seqs.on_seq(*p.seq_no);
                         }
+                        // Ask for a key frame when stuck, as a browser's receiver does (at
+                        // most once per FREEZE).
+                        if v.decoder.stuck(now)
+                            && v.keyframe_asked.is_none_or(|t| now - t > FREEZE)
+                            && let Some(rx) = rtc.direct_api().stream_rx(&p.header.ssrc)
+                        {
+                            rx.request_keyframe(KeyframeRequestKind::Pli);
+                            v.keyframe_asked = Some(now);
+                        }
+                    }
+                    // A video track is seen once a frame of it could be shown.
+                    let shown = videos.get(track).is_none_or(|v| v.decoder.started());
+                    if !seen[track] && shown {
                         seen[track] = true;
                         seen_count += 1;
                         if seen_count == shared.tracks {
                             shared.seen_all.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    let measured = d[8] == 1;
                     if measured {
                         received[track] += 1;
                         shared
@@ -754,12 +920,11 @@ async fn subscriber(
             }
         }
         signal.keepalive().await?;
-        let sleep = tokio::time::sleep_until(
-            timeout
-                .max(Instant::now())
-                .min(Instant::now() + Duration::from_millis(200))
-                .into(),
-        );
+        let mut wake = timeout.min(Instant::now() + Duration::from_millis(200));
+        if let Some(at) = downlink.as_ref().and_then(Downlink::next_due) {
+            wake = wake.min(at);
+        }
+        let sleep = tokio::time::sleep_until(wake.max(Instant::now()).into());
         tokio::select! {
             ev = signal.recv(&shared) => match ev? {
                 SignalEvent::Offer { sdp, id } => {
@@ -773,8 +938,14 @@ async fn subscriber(
             },
             r = socket.recv_from(&mut buf) => {
                 let (n, source) = r?;
-                if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
-                    rtc.handle_input(Input::Receive(Instant::now(), recv)).map_err(rtc_err)?;
+                let now = Instant::now();
+                match downlink.as_mut() {
+                    Some(d) => d.offer(now, source, &buf[..n]),
+                    None => {
+                        if let Ok(recv) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                            rtc.handle_input(Input::Receive(now, recv)).map_err(rtc_err)?;
+                        }
+                    }
                 }
             }
             _ = sleep => {
@@ -794,8 +965,123 @@ async fn subscriber(
     if let Ok(mut d) = shared.delays_us.lock() {
         d.extend(delays);
     }
+    let window = shared.window.lock().map(|w| *w).unwrap_or_default();
+    if let ((Some(from), Some(to)), Ok(mut report)) = (window, shared.video.lock())
+        && seen_count > 0
+    {
+        for v in &videos {
+            report.streams += 1;
+            report
+                .counts
+                .add(&VideoCounts::of(&v.decoder.decoded, from, to));
+            let half = from + (to - from) / 2;
+            report
+                .settled
+                .add(&VideoCounts::of(&v.decoder.decoded, half, to));
+            report.packets_unique += v.seqs.unique;
+            report.packets_expected += v.seqs.expected();
+        }
+    }
     signal.leave().await;
     Ok(())
+}
+
+/// One stream a video publisher sends: the whole track, or one simulcast layer.
+struct VideoStream {
+    rid: Option<Rid>,
+    packetizer: Packetizer,
+    seq: u64,
+    /// A key frame asked for (PLI/FIR) goes out with the next frame, as an encoder does.
+    keyframe_asked: bool,
+}
+
+/// The streams of a video track of `bitrate`.
+fn video_streams(bitrate: u64, simulcast: bool) -> Vec<VideoStream> {
+    let stream = |rid: Option<&str>, bitrate: f64| VideoStream {
+        rid: rid.map(Rid::from),
+        packetizer: Packetizer::new(bitrate as u64, VIDEO_FPS, VIDEO_PAYLOAD),
+        seq: 1,
+        keyframe_asked: false,
+    };
+    if simulcast {
+        SIMULCAST
+            .iter()
+            .map(|l| stream(Some(l.rid), bitrate as f64 * l.share))
+            .collect()
+    } else {
+        vec![stream(None, bitrate as f64)]
+    }
+}
+
+/// Sends one video frame on every stream of a track.
+#[allow(clippy::too_many_arguments)]
+fn send_video_frame(
+    rtc: &mut Rtc,
+    mid: Mid,
+    pt: str0m::media::Pt,
+    streams: &mut [VideoStream],
+    track: usize,
+    frame: u64,
+    now: Instant,
+    shared: &Shared,
+) {
+    let measuring = shared.measuring.load(Ordering::Acquire);
+    let mut api = rtc.direct_api();
+    for (layer, s) in streams.iter_mut().enumerate() {
+        let Some(tx) = api.stream_tx_by_mid(mid, s.rid) else {
+            continue;
+        };
+        // A key frame every 2 s, or when asked for.
+        let key = frame.is_multiple_of(2 * VIDEO_FPS) || s.keyframe_asked;
+        s.keyframe_asked &= !key;
+        let (count, size) = s.packetizer.next_frame();
+        let mut payload = vec![0u8; size];
+        for k in 0..count {
+            video::write_vp8_header(
+                &mut payload,
+                k == 0,
+                key,
+                (frame & 0x7fff) as u16,
+                frame as u8,
+            );
+            let marks = &mut payload[VP8_HEADER..];
+            write_marks(marks, track, measuring, shared, s.seq);
+            FrameMark {
+                frame: frame as u32,
+                index: k as u16,
+                count: count as u16,
+                layer: layer as u8,
+                key,
+            }
+            .write(marks);
+            tx.write_rtp(
+                RtpWrite::new(
+                    pt,
+                    s.seq.into(),
+                    (frame as u32).wrapping_mul(3000),
+                    now,
+                    payload.clone(),
+                )
+                .marker(k + 1 == count)
+                .nackable(true),
+            );
+            s.seq += 1;
+            if measuring {
+                shared.sent[track].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The marks every synthetic payload starts with: magic, track, whether measured, send
+/// time and the sender's sequence number.
+fn write_marks(marks: &mut [u8], track: usize, measuring: bool, shared: &Shared, seq: u64) {
+    marks[..4].copy_from_slice(MAGIC);
+    marks[4..8].copy_from_slice(&(track as u32).to_be_bytes());
+    marks[8] = measuring as u8;
+    let sent_us = shared.base.elapsed().as_micros() as u64;
+    marks[9..17].copy_from_slice(&sent_us.to_be_bytes());
+    marks[17..25].copy_from_slice(&seq.to_be_bytes());
 }
 
 async fn publisher(
@@ -806,6 +1092,7 @@ async fn publisher(
 ) -> Result<(), ClientError> {
     let identity = format!("load-pub-{track}");
     let cid = format!("load-track-{track}");
+    let simulcast = options.simulcast && kind == MediaKind::Video;
     let mut signal = Signaling::publisher(&options, &identity, &cid, kind).await?;
     let socket = local_socket(options.target.url(), options.local_ip).await?;
     let local = socket.local_addr()?;
@@ -816,35 +1103,15 @@ async fn publisher(
     let mut buf = vec![0u8; 2000];
     let mut events = Vec::new();
     let mut timeout = Instant::now();
-    // Sending schedule.
-    // Packets per tick as a fraction, so the bitrate comes out right on average.
-    let (interval, per_tick, payload_len, ts_step) = match kind {
-        MediaKind::Audio => (Duration::from_millis(20), 1.0f64, AUDIO_PAYLOAD, 960u32),
-        MediaKind::Video => {
-            let pps = (options.video_bitrate as f64 / 8.0 / VIDEO_PAYLOAD as f64).max(1.0);
-            (
-                Duration::from_secs(1) / VIDEO_FPS as u32,
-                pps / VIDEO_FPS as f64,
-                VIDEO_PAYLOAD,
-                3000,
-            )
-        }
+    let interval = match kind {
+        MediaKind::Audio => Duration::from_millis(20),
+        MediaKind::Video => Duration::from_secs(1) / VIDEO_FPS as u32,
     };
-    let mut owed = 0.0f64;
+    let mut streams = video_streams(options.video_bitrate, simulcast);
     let mut next_send = Instant::now();
-    let mut seq: u64 = 1;
-    let mut ts: u32 = 0;
+    let mut audio_seq: u64 = 1;
     let mut frame: u64 = 0;
-    let mut payload = vec![0u8; payload_len];
-    let base = if kind == MediaKind::Video {
-        VP8_HEADER
-    } else {
-        0
-    };
-    payload[base..base + 4].copy_from_slice(MAGIC);
-    payload[base + 4..base + 8].copy_from_slice(&(track as u32).to_be_bytes());
-    // A keyframe asked for (PLI/FIR) goes out with the next frame, as an encoder does.
-    let mut keyframe_asked = false;
+    let mut audio = vec![0u8; AUDIO_PAYLOAD];
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
@@ -852,7 +1119,6 @@ async fn publisher(
         let now = Instant::now();
         if connected && now >= next_send {
             if let Some(mid) = mid {
-                let measuring = shared.measuring.load(Ordering::Acquire);
                 let codec = if kind == MediaKind::Audio {
                     Codec::Opus
                 } else {
@@ -862,43 +1128,36 @@ async fn publisher(
                     .codec_config()
                     .find(|p| p.spec().codec == codec)
                     .map(|p| p.pt());
-                if let Some(pt) = pt {
-                    let mut api = rtc.direct_api();
-                    owed += per_tick;
-                    let count = (owed.floor() as u64).max(1);
-                    owed -= count as f64;
-                    // A key frame every 2 s, or when asked for.
-                    let key = kind == MediaKind::Video
-                        && (frame.is_multiple_of(2 * VIDEO_FPS) || keyframe_asked);
-                    if key {
-                        keyframe_asked = false;
-                    }
-                    if let Some(tx) = api.stream_tx_by_mid(mid, None) {
-                        for k in 0..count {
-                            if kind == MediaKind::Video {
-                                payload[..VP8_HEADER].copy_from_slice(match (k, key) {
-                                    (0, true) => &VP8_KEYFRAME,
-                                    (0, false) => &VP8_INTERFRAME,
-                                    _ => &VP8_CONTINUATION,
-                                });
-                            }
-                            payload[base + 8] = measuring as u8;
-                            let sent_us = shared.base.elapsed().as_micros() as u64;
-                            payload[base + 9..base + 17].copy_from_slice(&sent_us.to_be_bytes());
-                            payload[base + 17..base + 25].copy_from_slice(&seq.to_be_bytes());
-                            tx.write_rtp(
-                                RtpWrite::new(pt, seq.into(), ts, now, payload.clone())
-                                    .marker(k + 1 == count)
-                                    .nackable(kind == MediaKind::Video),
-                            );
-                            seq += 1;
+                match (pt, kind) {
+                    (Some(pt), MediaKind::Video) => send_video_frame(
+                        &mut rtc,
+                        mid,
+                        pt,
+                        &mut streams,
+                        track,
+                        frame,
+                        now,
+                        &shared,
+                    ),
+                    (Some(pt), _) => {
+                        let measuring = shared.measuring.load(Ordering::Acquire);
+                        write_marks(&mut audio, track, measuring, &shared, audio_seq);
+                        if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                            tx.write_rtp(RtpWrite::new(
+                                pt,
+                                audio_seq.into(),
+                                (frame as u32).wrapping_mul(960),
+                                now,
+                                audio.clone(),
+                            ));
+                            audio_seq += 1;
                             if measuring {
                                 shared.sent[track].fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
+                    (None, _) => {}
                 }
-                ts = ts.wrapping_add(ts_step);
                 frame += 1;
             }
             next_send += interval;
@@ -914,7 +1173,14 @@ async fn publisher(
                     next_send = Instant::now();
                     shared.publishers_connected.fetch_add(1, Ordering::Relaxed);
                 }
-                Event::KeyframeRequest(_) => keyframe_asked = true,
+                Event::KeyframeRequest(r) => {
+                    for s in streams
+                        .iter_mut()
+                        .filter(|s| r.rid.is_none() || s.rid == r.rid)
+                    {
+                        s.keyframe_asked = true;
+                    }
+                }
                 _ => {}
             }
         }
@@ -933,7 +1199,12 @@ async fn publisher(
             ev = signal.recv(&shared) => match ev? {
                 SignalEvent::CanOffer if mid.is_none() => {
                     let mut api = rtc.sdp_api();
-                    mid = Some(api.add_media(kind, Direction::SendOnly, Some(identity.clone()), Some(cid.clone()), None));
+                    let layers = simulcast.then(|| {
+                        let mut s = Simulcast::new();
+                        s.send = SIMULCAST.iter().map(|l| SimulcastLayer::new(l.rid)).collect();
+                        s
+                    });
+                    mid = Some(api.add_media(kind, Direction::SendOnly, Some(identity.clone()), Some(cid.clone()), layers));
                     if let Some((offer, p)) = api.apply() {
                         pending = Some(p);
                         signal.send_offer(offer.to_sdp_string()).await?;
