@@ -4,7 +4,8 @@
 For each subscriber count, a fresh `aviary serve`, then a fresh Janus (VideoRoom plugin),
 then a fresh mediasoup worker (behind bench/mediasoup/server.mjs) get the same load from
 `aviary load-test`: 1 video publisher at --video-bitrate (or the publishers given with
---video-publishers / --audio-publishers), N subscribers. The server's CPU
+--video-publishers / --audio-publishers, or a room shape of LiveKit's benchmarks with
+--preset livestream|audio|meeting), N subscribers. The server's CPU
 time (/proc/PID/stat) and RSS (/proc/PID/status) are sampled when the load tester prints
 `phase: measuring` and `phase: draining` (the measured window); the packets its subscribers
 received in that window are the forwarded packets, for every server alike. mediasoup's
@@ -59,9 +60,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def run_one(
-    binary: str, server, subscribers: int, duration: int, bitrate: str, video: int = 1, audio: int = 0
-) -> dict:
+def run_one(binary: str, server, subscribers: int, duration: int, shape: list[str]) -> dict:
+    """One measured load-test run; `shape` is the load tester's room-shape flags."""
     pid = server.media_pid()
     helpers = server.helper_pids()
     try:
@@ -69,9 +69,7 @@ def run_one(
         idle_rss = rss_kib(pid)
         load = subprocess.Popen(
             [binary, "load-test", *server.load_args(), "--room", "bench",
-             "--video-publishers", str(video), "--audio-publishers", str(audio),
-             "--subscribers", str(subscribers),
-             "--duration", f"{duration}s", "--video-bitrate", bitrate, "--json"],
+             *shape, "--subscribers", str(subscribers), "--duration", f"{duration}s", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile,
         )
         marks: dict[str, tuple[float, int, float, float]] = {}
@@ -136,11 +134,13 @@ def main() -> int:
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/aviary"))
     ap.add_argument("--subscribers", type=int, nargs="+", default=[10, 100, 500, 1000])
     ap.add_argument("--duration", type=int, default=20)
-    ap.add_argument("--video-bitrate", default="600k")
-    # The room's shape: 1 video publisher by default; LiveKit's audio benchmark shape is
-    # --video-publishers 0 --audio-publishers 10.
-    ap.add_argument("--video-publishers", type=int, default=1)
-    ap.add_argument("--audio-publishers", type=int, default=0)
+    # The room's shape: the load tester's (1 video publisher at 600k) unless given.
+    ap.add_argument("--video-bitrate")
+    ap.add_argument("--video-publishers", type=int)
+    ap.add_argument("--audio-publishers", type=int)
+    # LiveKit's benchmark shapes (aviary load-test --preset): livestream, audio, meeting;
+    # the counts above are then the preset's unless given.
+    ap.add_argument("--preset", choices=["livestream", "audio", "meeting"])
     # aviary-nocc: Aviary with rtc.congestion_control off, to measure what it costs.
     ap.add_argument("--servers", nargs="+", default=["aviary", "janus", "mediasoup"],
                     choices=["aviary", "aviary-nocc", "janus", "mediasoup"])
@@ -149,6 +149,12 @@ def main() -> int:
     if status is not None:
         return status
     servers = available(a.servers)
+    shape = ["--preset", a.preset] if a.preset else []
+    for flag, value in (("--video-publishers", a.video_publishers),
+                        ("--audio-publishers", a.audio_publishers),
+                        ("--video-bitrate", a.video_bitrate)):
+        if value is not None:
+            shape += [flag, str(value)]
     workdir = tempfile.mkdtemp(prefix="aviary-bench-")
     print("| subscribers | server | connected | server CPU-µs / forwarded packet | ÷ Aviary | "
           "forwarded pkt/s | server CPU % | its signaling CPU % | load tester CPU % | "
@@ -159,9 +165,7 @@ def main() -> int:
             rows = {}
             for name in servers:
                 server = start(name, workdir, a.binary)
-                rows[name] = run_one(
-                    a.binary, server, n, a.duration, a.video_bitrate, a.video_publishers, a.audio_publishers
-                )
+                rows[name] = run_one(a.binary, server, n, a.duration, shape)
             for name, r in rows.items():
                 ratio = ""
                 if name != "aviary" and "aviary" in rows:

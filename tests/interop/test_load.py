@@ -65,3 +65,22 @@ def test_load_test_shows_progress_and_a_table(server: Server) -> None:
     assert len(tracks) == 1 and tracks[0][1] == "video", out.stdout
     sent, received = int(tracks[0][3]), int(tracks[0][4])
     assert sent > 0 and received == 3 * sent, out.stdout
+
+
+def test_the_meeting_preset_is_an_n_by_n_room_of_simulcast_cameras(server: Server) -> None:
+    argv = load_test(server, "meeting", "--preset", "meeting", "--subscribers", "3", "--duration", "4s", "--json")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["shape"] == {
+        "video_publishers": 3, "audio_publishers": 3, "subscribers": 3,
+        "video_bitrate_bps": 1_700_000, "simulcast": True,
+    }
+    assert r["subscribers_connected"] == 3
+    assert [t["kind"] for t in r["tracks"]] == ["video"] * 3 + ["audio"] * 3
+    # Every subscriber decodes every camera (whichever layer it gets) and hears every
+    # microphone whole.
+    v = r["video"]
+    assert v["streams"] == 9, v
+    assert v["frames_per_s"] > 15, v
+    assert r["audio_loss_percent"] == 0, r

@@ -21,21 +21,24 @@ pub struct LoadTestArgs {
     /// Room to load.
     #[arg(long)]
     room: String,
-    /// Publishers of one video track each.
-    #[arg(long, default_value_t = 1)]
-    video_publishers: usize,
-    /// Publishers of one audio track each.
-    #[arg(long, default_value_t = 0)]
-    audio_publishers: usize,
-    /// Subscribers.
-    #[arg(long, default_value_t = 10)]
-    subscribers: usize,
+    /// A room shape from LiveKit's published benchmarks; the flags below override its parts.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// Publishers of one video track each [default: 1, or the preset's].
+    #[arg(long)]
+    video_publishers: Option<usize>,
+    /// Publishers of one audio track each [default: 0, or the preset's].
+    #[arg(long)]
+    audio_publishers: Option<usize>,
+    /// Subscribers [default: 10, or the preset's].
+    #[arg(long)]
+    subscribers: Option<usize>,
     /// Length of the measured run.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Bitrate of each video track, e.g. 600k, 1.5M.
-    #[arg(long, default_value = "600k", value_parser = parse_bitrate)]
-    video_bitrate: u64,
+    /// Bitrate of each video track, e.g. 600k, 1.5M [default: 600k, or the preset's].
+    #[arg(long, value_parser = parse_bitrate)]
+    video_bitrate: Option<u64>,
     /// Send each video track as three simulcast layers (rids q, h, f with 10 %, 30 % and
     /// 60 % of --video-bitrate).
     #[arg(long)]
@@ -75,6 +78,76 @@ pub struct LoadTestArgs {
     threads: usize,
 }
 
+/// The shapes of LiveKit's published benchmarks (docs.livekit.io, "Benchmarking"), so that
+/// a user can run the same on their own hardware.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Preset {
+    /// One 720p simulcast camera and its microphone to many (default 500 subscribers).
+    Livestream,
+    /// Ten speakers to many listeners (default 500), no video.
+    Audio,
+    /// N × N: N simulcast cameras and N microphones, N subscribers (default 10). Each
+    /// simulated participant either publishes or subscribes, so N publish and N subscribe
+    /// on separate connections; the tracks forwarded are those of an N-person meeting (plus
+    /// each subscriber's own camera).
+    Meeting,
+}
+
+/// How many of each, at what bitrate: a preset's, with the flags given on top.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Shape {
+    video_publishers: usize,
+    audio_publishers: usize,
+    subscribers: usize,
+    video_bitrate: u64,
+    simulcast: bool,
+}
+
+impl Shape {
+    fn of(args: &LoadTestArgs) -> Shape {
+        let base = match args.preset {
+            None => Shape {
+                video_publishers: 1,
+                audio_publishers: 0,
+                subscribers: 10,
+                video_bitrate: 600_000,
+                simulcast: false,
+            },
+            Some(Preset::Livestream) => Shape {
+                video_publishers: 1,
+                audio_publishers: 1,
+                subscribers: 500,
+                video_bitrate: 1_700_000,
+                simulcast: true,
+            },
+            Some(Preset::Audio) => Shape {
+                video_publishers: 0,
+                audio_publishers: 10,
+                subscribers: 500,
+                video_bitrate: 0,
+                simulcast: false,
+            },
+            Some(Preset::Meeting) => {
+                let n = args.subscribers.unwrap_or(10);
+                Shape {
+                    video_publishers: n,
+                    audio_publishers: n,
+                    subscribers: n,
+                    video_bitrate: 1_700_000,
+                    simulcast: true,
+                }
+            }
+        };
+        Shape {
+            video_publishers: args.video_publishers.unwrap_or(base.video_publishers),
+            audio_publishers: args.audio_publishers.unwrap_or(base.audio_publishers),
+            subscribers: args.subscribers.unwrap_or(base.subscribers),
+            video_bitrate: args.video_bitrate.unwrap_or(base.video_bitrate),
+            simulcast: args.simulcast || base.simulcast,
+        }
+    }
+}
+
 fn parse_bitrate(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
@@ -89,8 +162,15 @@ fn parse_bitrate(s: &str) -> Result<u64, String> {
     Ok((v * mult) as u64)
 }
 
-fn report_json(r: &LoadReport) -> serde_json::Value {
+fn report_json(r: &LoadReport, shape: &Shape) -> serde_json::Value {
     serde_json::json!({
+        "shape": {
+            "video_publishers": shape.video_publishers,
+            "audio_publishers": shape.audio_publishers,
+            "subscribers": shape.subscribers,
+            "video_bitrate_bps": shape.video_bitrate,
+            "simulcast": shape.simulcast,
+        },
         "subscribers_connected": r.subscribers_connected,
         "join_ms_p50": r.join_ms_p50,
         "join_ms_p99": r.join_ms_p99,
@@ -131,8 +211,15 @@ fn video_json(r: &LoadReport) -> serde_json::Value {
     })
 }
 
-fn report_table(r: &LoadReport) -> String {
-    let mut out = String::new();
+fn report_table(r: &LoadReport, shape: &Shape) -> String {
+    let mut out = format!(
+        "room                   {} video publishers ({} kbps{}), {} audio publishers, {} subscribers\n",
+        shape.video_publishers,
+        shape.video_bitrate / 1000,
+        if shape.simulcast { ", simulcast" } else { "" },
+        shape.audio_publishers,
+        shape.subscribers,
+    );
     out.push_str(&format!(
         "subscribers connected  {}\njoin time p50 / p99    {:.1} / {:.1} ms\n\
          first media p50 / p99  {:.1} / {:.1} ms\n\
@@ -199,15 +286,16 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             token,
         }
     };
+    let shape = Shape::of(&args);
     let options = LoadOptions {
         target,
         local_ip: args.local_ip,
-        video_publishers: args.video_publishers,
-        audio_publishers: args.audio_publishers,
-        subscribers: args.subscribers,
+        video_publishers: shape.video_publishers,
+        audio_publishers: shape.audio_publishers,
+        subscribers: shape.subscribers,
         duration: args.duration,
-        video_bitrate: args.video_bitrate,
-        simulcast: args.simulcast,
+        video_bitrate: shape.video_bitrate,
+        simulcast: shape.simulcast,
         subscriber_link: (args.subscriber_rate.is_some()
             || args.subscriber_loss > 0.0
             || !args.subscriber_delay.is_zero())
@@ -229,7 +317,7 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let watcher = {
         let progress = progress.clone();
-        let subscribers = args.subscribers;
+        let subscribers = shape.subscribers;
         let duration = args.duration;
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -281,9 +369,9 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     eprintln!("\nphase: done");
     if show {
         eprintln!();
-        print!("{}", report_table(&report));
+        print!("{}", report_table(&report, &shape));
     } else {
-        println!("{}", report_json(&report));
+        println!("{}", report_json(&report, &shape));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -304,6 +392,52 @@ mod tests {
         assert_eq!(progress_bar(0.5, 4), "##--");
         assert_eq!(progress_bar(7.0, 4), "####");
         assert_eq!(progress_bar(f64::NAN, 4).len(), 4);
+    }
+
+    fn shape(argv: &[&str]) -> Shape {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadTestArgs,
+        }
+        let argv = ["load-test", "--room", "r"].iter().chain(argv);
+        Shape::of(&<Cli as clap::Parser>::parse_from(argv).args)
+    }
+
+    #[test]
+    fn presets_give_livekits_shapes_and_flags_override_their_parts() {
+        let plain = shape(&[]);
+        assert_eq!(
+            (
+                plain.video_publishers,
+                plain.audio_publishers,
+                plain.subscribers
+            ),
+            (1, 0, 10)
+        );
+        assert_eq!((plain.video_bitrate, plain.simulcast), (600_000, false));
+        let meeting = shape(&["--preset", "meeting", "--subscribers", "4"]);
+        assert_eq!(
+            (
+                meeting.video_publishers,
+                meeting.audio_publishers,
+                meeting.subscribers
+            ),
+            (4, 4, 4)
+        );
+        assert!(meeting.simulcast);
+        let audio = shape(&["--preset", "audio", "--audio-publishers", "3"]);
+        assert_eq!(
+            (
+                audio.video_publishers,
+                audio.audio_publishers,
+                audio.subscribers
+            ),
+            (0, 3, 500)
+        );
+        let live = shape(&["--preset", "livestream", "--video-bitrate", "1M"]);
+        assert_eq!((live.video_bitrate, live.simulcast), (1_000_000, true));
+        assert_eq!((live.video_publishers, live.audio_publishers), (1, 1));
     }
 
     #[test]
