@@ -243,31 +243,43 @@ pub fn tcp_framing(data: &[u8]) {
 /// JSON; the rest: its body) through the whole HTTP app, authenticated as an admin.
 pub fn twirp(data: &[u8]) {
     use tower::ServiceExt as _;
-    const METHODS: [&str; 12] = [
-        "CreateRoom",
-        "ListRooms",
-        "DeleteRoom",
-        "ListParticipants",
-        "GetParticipant",
-        "RemoveParticipant",
-        "UpdateParticipant",
-        "UpdateRoomMetadata",
-        "MutePublishedTrack",
-        "UpdateSubscriptions",
-        "SendData",
-        "Nope",
+    const METHODS: [(&str, &str); 24] = [
+        ("RoomService", "CreateRoom"),
+        ("RoomService", "ListRooms"),
+        ("RoomService", "DeleteRoom"),
+        ("RoomService", "ListParticipants"),
+        ("RoomService", "GetParticipant"),
+        ("RoomService", "RemoveParticipant"),
+        ("RoomService", "UpdateParticipant"),
+        ("RoomService", "UpdateRoomMetadata"),
+        ("RoomService", "MutePublishedTrack"),
+        ("RoomService", "UpdateSubscriptions"),
+        ("RoomService", "SendData"),
+        ("RoomService", "Nope"),
+        ("Egress", "StartEgress"),
+        ("Egress", "StartRoomCompositeEgress"),
+        ("Egress", "StartTrackCompositeEgress"),
+        ("Egress", "StartTrackEgress"),
+        ("Egress", "UpdateLayout"),
+        ("Egress", "UpdateStream"),
+        ("Egress", "ListEgress"),
+        ("Egress", "StopEgress"),
+        ("Ingress", "CreateIngress"),
+        ("Ingress", "UpdateIngress"),
+        ("Ingress", "ListIngress"),
+        ("Ingress", "DeleteIngress"),
     ];
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
-    let method = METHODS[(sel & 0x7f) as usize % METHODS.len()];
+    let (service, method) = METHODS[(sel & 0x7f) as usize % METHODS.len()];
     let content_type = if sel & 0x80 == 0 {
         "application/protobuf"
     } else {
         "application/json"
     };
     let (app, token) = twirp_app();
-    let req = axum::http::Request::post(format!("/twirp/livekit.RoomService/{method}"))
+    let req = axum::http::Request::post(format!("/twirp/livekit.{service}/{method}"))
         .header("content-type", content_type)
         .header("authorization", format!("Bearer {token}"))
         .body(axum::body::Body::from(body.to_vec()))
@@ -312,6 +324,8 @@ fn twirp_app() -> (axum::Router, String) {
             room_create: true,
             room_list: true,
             room_admin: true,
+            room_record: true,
+            ingress_admin: true,
             room: "r".into(),
             ..Default::default()
         })

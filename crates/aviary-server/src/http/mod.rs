@@ -1,6 +1,8 @@
 //! The HTTP surface: health check, `/rtc` signaling and the Twirp RoomService.
 
 pub mod dev_page;
+mod egress_service;
+mod ingress_service;
 mod rtc;
 pub mod serve;
 mod twirp;

@@ -1,4 +1,6 @@
-//! Twirp RoomService: `POST /twirp/livekit.RoomService/<Method>`, protobuf or JSON bodies.
+//! Twirp RoomService: `POST /twirp/livekit.RoomService/<Method>`, protobuf or JSON bodies;
+//! the front door (routing errors, content type, authentication) shared with the Egress
+//! and Ingress services.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -16,7 +18,16 @@ use crate::auth::Claims;
 use crate::room::ServiceError;
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/twirp/livekit.RoomService/{method}", any(room_service))
+    Router::new()
+        .route("/twirp/livekit.RoomService/{method}", any(room_service))
+        .route(
+            "/twirp/livekit.Egress/{method}",
+            any(super::egress_service::egress_service),
+        )
+        .route(
+            "/twirp/livekit.Ingress/{method}",
+            any(super::ingress_service::ingress_service),
+        )
 }
 
 /// A Twirp error: `{"code": ..., "msg": ...}` with the matching HTTP status.
@@ -43,6 +54,9 @@ pub enum TwirpError {
     /// The server cannot take it now.
     #[error("{0}")]
     Unavailable(String),
+    /// The method exists but this server does not do what it asks (yet).
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl TwirpError {
@@ -55,6 +69,7 @@ impl TwirpError {
             TwirpError::Malformed(_) => ("malformed", StatusCode::BAD_REQUEST),
             TwirpError::BadRoute(_) => ("bad_route", StatusCode::NOT_FOUND),
             TwirpError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            TwirpError::Unimplemented(_) => ("unimplemented", StatusCode::NOT_IMPLEMENTED),
         }
     }
 }
@@ -88,13 +103,13 @@ impl From<ServiceError> for TwirpError {
 }
 
 #[derive(Clone, Copy)]
-enum Codec {
+pub(super) enum Codec {
     Json,
     Protobuf,
 }
 
 impl Codec {
-    fn from_headers(headers: &HeaderMap) -> Result<Self, TwirpError> {
+    pub(super) fn from_headers(headers: &HeaderMap) -> Result<Self, TwirpError> {
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -111,7 +126,7 @@ impl Codec {
         }
     }
 
-    fn decode<T: prost::Message + Default + DeserializeOwned>(
+    pub(super) fn decode<T: prost::Message + Default + DeserializeOwned>(
         self,
         body: &[u8],
     ) -> Result<T, TwirpError> {
@@ -126,7 +141,7 @@ impl Codec {
         }
     }
 
-    fn encode<T: prost::Message + Serialize>(self, msg: &T) -> Response {
+    pub(super) fn encode<T: prost::Message + Serialize>(self, msg: &T) -> Response {
         match self {
             Codec::Protobuf => (
                 [(header::CONTENT_TYPE, "application/protobuf")],
@@ -184,23 +199,69 @@ async fn room_service(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Routing errors first, as Twirp servers do: they say nothing about the caller.
-    if http_method != Method::POST {
-        return TwirpError::BadRoute(format!(
-            "unsupported method {http_method} (only POST is allowed)"
-        ))
-        .into_response();
-    }
-    if !METHODS.contains(&method.as_str()) {
-        return TwirpError::BadRoute(format!(
-            "no handler for path \"/twirp/livekit.RoomService/{method}\""
-        ))
-        .into_response();
+    if let Err(e) = route("RoomService", &METHODS, &http_method, &method) {
+        return e.into_response();
     }
     match dispatch(&state, &method, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Routing errors first, as Twirp servers do: they say nothing about the caller.
+fn route(
+    service: &str,
+    methods: &[&str],
+    http_method: &Method,
+    method: &str,
+) -> Result<(), TwirpError> {
+    if http_method != Method::POST {
+        return Err(TwirpError::BadRoute(format!(
+            "unsupported method {http_method} (only POST is allowed)"
+        )));
+    }
+    if !methods.contains(&method) {
+        return Err(TwirpError::BadRoute(format!(
+            "no handler for path \"/twirp/livekit.{service}/{method}\""
+        )));
+    }
+    Ok(())
+}
+
+/// The grant every method of a service needs: its name in tokens, and the check.
+pub(super) type Grant = (&'static str, fn(&Claims) -> bool);
+
+/// A Twirp service's answer: routing errors first, then the content type, the caller's
+/// claims and `grant`, then `handle`.
+pub(super) fn answer(
+    (service, methods): (&str, &[&str]),
+    (http_method, method): (&Method, &str),
+    (grant, granted): Grant,
+    state: &AppState,
+    headers: &HeaderMap,
+    handle: impl FnOnce(Codec) -> Result<Response, TwirpError>,
+) -> Response {
+    route(service, methods, http_method, method)
+        .and_then(|()| {
+            let codec = Codec::from_headers(headers)?;
+            if !granted(&authenticate(state, headers)?) {
+                return Err(TwirpError::PermissionDenied(format!(
+                    "permissions denied: {service} needs the {grant} grant"
+                )));
+            }
+            handle(codec)
+        })
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The caller's claims, from its bearer token.
+pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, TwirpError> {
+    let token = bearer(headers)
+        .ok_or_else(|| TwirpError::Unauthenticated("no authorization header".into()))?;
+    state
+        .keys
+        .verify(token)
+        .map_err(|e| TwirpError::Unauthenticated(e.to_string()))
 }
 
 async fn dispatch(
@@ -216,12 +277,7 @@ async fn dispatch(
         seed.extend_from_slice(body);
         crate::capture::save("twirp", &crate::capture::TWIRP, &seed);
     }
-    let token = bearer(headers)
-        .ok_or_else(|| TwirpError::Unauthenticated("no authorization header".into()))?;
-    let claims = state
-        .keys
-        .verify(token)
-        .map_err(|e| TwirpError::Unauthenticated(e.to_string()))?;
+    let claims = authenticate(state, headers)?;
     let m = &state.manager;
     match method {
         "CreateRoom" => {
